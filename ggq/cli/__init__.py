@@ -1,0 +1,43 @@
+"""`ggq` command line: a thin shell over the Python API. Each command lives in its own module."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import GGQError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ggq")
+def cli() -> None:
+    """ggq: convert Hugging Face / GGUF checkpoints to .ggq and run them fast on a CPU."""
+
+
+def _register() -> None:
+    from . import convert, inspect, run, export  # noqa: F401  (each adds its commands to `cli`)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register()
+    try:
+        cli.main(args=argv, prog_name="ggq", standalone_mode=False)
+    except GGQError as e:
+        click.echo(f"ggq: error: {e}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        click.echo("ggq: interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("ggq: interrupted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The QuantType interface every tensor type implements.
+
+Conventions (all types):
+- A tensor is a 2-D array (rows, cols) in row-major order; 1-D tensors are one row.
+- Blocks run along the last dimension (cols); cols must be a multiple of block_size.
+- Quantized data is a uint8 array of shape (rows, row_bytes(cols)); blocks are laid out
+  exactly as GGML lays them out (little-endian), so bytes are interchangeable with GGUF.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import QuantError
+
+
+class QuantType:
+    name: str = ""          # "Q4_K"
+    ggml_id: int = -1       # GGML / GGUF type number (shared by the .ggq format)
+    block_size: int = 1     # elements per block
+    type_size: int = 4      # bytes per block
+    is_float: bool = False  # F32 / F16 / BF16
+
+    def row_bytes(self, cols: int) -> int:
+        if cols % self.block_size:
+            raise QuantError(f"{self.name}: row length {cols} is not a multiple of {self.block_size}")
+        return cols // self.block_size * self.type_size
+
+    def nbytes(self, shape) -> int:
+        shape = tuple(int(s) for s in shape)
+        rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+        return rows * self.row_bytes(shape[-1])
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.type_size * 8 / self.block_size
+
+    def supports(self, cols: int) -> bool:
+        return cols % self.block_size == 0
+
+    # --- implemented by each type -------------------------------------------------
+    def quantize(self, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+        """float32 (rows, cols) -> uint8 (rows, row_bytes). imatrix: optional float32 (cols,)
+        per-column importance weights (sum of squared activations); None = plain mode."""
+        raise NotImplementedError
+
+    def dequantize(self, data: np.ndarray, cols: int) -> np.ndarray:
+        """uint8 (rows, row_bytes) -> float32 (rows, cols)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<QuantType {self.name} id={self.ggml_id} block={self.block_size} bytes={self.type_size}>"
+
+
+def as_rows(x: np.ndarray) -> np.ndarray:
+    """View any array as 2-D (rows, last_dim), float32, C-contiguous."""
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    elif x.ndim > 2:
+        x = x.reshape(-1, x.shape[-1])
+    return np.ascontiguousarray(x, dtype=np.float32)

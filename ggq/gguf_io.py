@@ -1,0 +1,309 @@
+"""GGUF interoperability: export a .ggq model as a llama.cpp-compatible GGUF v3 file.
+
+Tensors are copied byte for byte (ggq's block layouts are GGML's); only the rows of attn_q /
+attn_k are reordered into llama.cpp's interleaved rotary order. Metadata uses llama.cpp's key
+names; the tokenizer is rebuilt in GGUF form ("gpt2" BPE: tokens, token types, merges, special
+ids, pre-tokenizer name) from the tokenizer.json embedded in the .ggq.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConvertError, FormatError, GGQError, TokenizerError
+
+# llama.cpp token types (llama_token_type / gguf.TokenType)
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+# convert preset -> general.file_type (llama_ftype)
+_PRESET_FTYPE = {
+    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9,
+    "q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13, "q4_k_s": 14, "q4_k_m": 15,
+    "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18, "bf16": 32,
+}
+# dominant tensor type -> general.file_type, when the preset does not say
+_TYPE_FTYPE = {
+    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
+    "Q2_K": 10, "Q3_K": 12, "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "BF16": 32,
+}
+
+# ggq-only keys carrying llama3 rope scaling: llama.cpp reads llama3 scaling from the
+# rope_freqs.weight tensor and would misread llama.rope.scaling.factor as linear scaling.
+GGQ_LLAMA3_PREFIX = "ggq.rope.scaling."
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+def guess_pre_tokenizer(tok: dict) -> str | None:
+    """llama.cpp pre-tokenizer name for the common byte-level layouts we can recognise."""
+    pre = tok.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = [(p.get("type"), p.get("individual_digits"), p.get("use_regex", True)) for p in parts]
+    if kinds == [("Digits", True, True), ("ByteLevel", None, True)]:
+        return "smollm"
+    if kinds == [("ByteLevel", None, True)]:
+        return "gpt-2"
+    return None
+
+
+def tokenizer_fields(tok_json: "str | dict", n_vocab: int | None = None, *, where: str = "model") -> dict:
+    """GGUF tokenizer arrays from a Hugging Face tokenizer.json (byte-level BPE only).
+
+    Returns {"tokens": [str], "token_type": [int], "merges": ["a b"], "unk_id": int|None}.
+    n_vocab pads the list with unused "[PAD{i}]" tokens when the embedding has more rows than
+    the tokenizer has ids (as llama.cpp's converter does)."""
+    tok = json.loads(tok_json) if isinstance(tok_json, str) else tok_json
+    model = tok.get("model") or {}
+    if model.get("type") != "BPE":
+        raise TokenizerError(f"{where}: only BPE tokenizers can be exported to GGUF "
+                             f"(found {model.get('type')!r})")
+    vocab: dict[str, int] = dict(model.get("vocab") or {})
+    added = tok.get("added_tokens") or []
+    ids = list(vocab.values()) + [int(a["id"]) for a in added]
+    size = max(ids) + 1 if ids else 0
+    if n_vocab is not None:
+        if size > n_vocab:
+            raise TokenizerError(f"{where}: tokenizer has ids up to {size - 1} but the model has "
+                                 f"only {n_vocab} embedding rows")
+        size = n_vocab
+    tokens: list[str | None] = [None] * size
+    types = [TOKEN_NORMAL] * size
+    for s, i in vocab.items():
+        tokens[i] = s
+    for a in added:
+        i = int(a["id"])
+        tokens[i] = a["content"]
+        types[i] = TOKEN_CONTROL if a.get("special", False) else TOKEN_USER_DEFINED
+    for i, s in enumerate(tokens):
+        if s is None:
+            tokens[i] = f"[PAD{i}]"
+            types[i] = TOKEN_UNUSED
+    merges = []
+    for m in model.get("merges") or []:
+        merges.append(m if isinstance(m, str) else " ".join(m))
+    unk = model.get("unk_token")
+    unk_id = vocab.get(unk) if unk is not None else None
+    return {"tokens": tokens, "token_type": types, "merges": merges, "unk_id": unk_id}
+
+
+# --------------------------------------------------------------------------- rope
+
+def llama3_rope_factors(head_dim: int, base: float, factor: float, low: float, high: float,
+                        orig_ctx: int) -> np.ndarray:
+    """rope_freqs.weight as llama.cpp's converter computes it for rope_type llama3."""
+    freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    low_wl, high_wl = orig_ctx / low, orig_ctx / high
+    out = []
+    for f in freqs:
+        wl = 2 * math.pi / f
+        if wl < high_wl:
+            out.append(1.0)
+        elif wl > low_wl:
+            out.append(factor)
+        else:
+            smooth = (orig_ctx / wl - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- export
+
+def _need(md: dict, key: str, where: str):
+    if key not in md:
+        raise FormatError(f"{where}: metadata key {key!r} is missing")
+    return md[key]
+
+
+def file_type_for(md: dict, tensors: dict) -> int | None:
+    preset = str(md.get("general.preset") or "").lower()
+    if preset in _PRESET_FTYPE:
+        return _PRESET_FTYPE[preset]
+    # otherwise the type holding most weight elements among the 2-D tensors
+    counts: dict[str, int] = {}
+    for info in tensors.values():
+        if len(info.shape) == 2 and info.qtype is not None:
+            counts[info.qtype.name] = counts.get(info.qtype.name, 0) + int(np.prod(info.shape))
+    if not counts:
+        return None
+    return _TYPE_FTYPE.get(max(counts, key=counts.get))
+
+
+def export_gguf(ggq_path, gguf_path, force: bool = False) -> Path:
+    """Write `ggq_path` (.ggq) as a GGUF v3 file at `gguf_path`; returns the output path.
+
+    Atomic: written to a temporary file in the output's folder and renamed into place;
+    an existing output is refused unless force=True."""
+    import gguf
+
+    from .convert.permute import heads_for, hf_to_gguf_rows
+    from .format import GGQReader
+
+    src = Path(ggq_path)
+    out = Path(gguf_path)
+    if out.exists() and not force:
+        raise ConvertError(f"{out}: already exists (use --force to overwrite)")
+    if out.resolve() == src.resolve():
+        raise ConvertError(f"{out}: output would overwrite the input")
+    if not out.parent.is_dir():
+        raise ConvertError(f"{out}: folder {out.parent} does not exist")
+
+    with GGQReader(src) as f:
+        md = f.metadata
+        where = str(src)
+        arch = str(_need(md, "general.architecture", where))
+        if arch != "llama":
+            raise ConvertError(f"{where}: architecture {arch!r} cannot be exported (only llama)")
+        n_head = int(_need(md, "llama.attention.head_count", where))
+        n_head_kv = int(md.get("llama.attention.head_count_kv", n_head))
+        n_embd = int(_need(md, "llama.embedding_length", where))
+        head_dim = int(md.get("llama.attention.key_length") or n_embd // n_head)
+        if "token_embd.weight" not in f.tensors:
+            raise FormatError(f"{where}: tensor 'token_embd.weight' is missing")
+        n_vocab = int(f.tensors["token_embd.weight"].shape[0])
+        tok_json = md.get("tokenizer.huggingface.json")
+        if not tok_json:
+            raise TokenizerError(f"{where}: no embedded tokenizer (tokenizer.huggingface.json)")
+        try:
+            tok = json.loads(tok_json)
+        except ValueError as e:
+            raise TokenizerError(f"{where}: embedded tokenizer.json is not valid JSON: {e}") from None
+        tf = tokenizer_fields(tok, n_vocab, where=where)
+
+        fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".tmp-", dir=out.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        w = None
+        try:
+            w = gguf.GGUFWriter(tmp, arch)
+            # general.architecture is added by the writer itself
+            w.add_name(str(md.get("general.name") or src.stem))
+            w.add_type("model")
+            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            ftype = file_type_for(md, f.tensors)
+            if ftype is not None:
+                w.add_file_type(ftype)
+
+            # hyperparameters, under llama.cpp's names
+            w.add_block_count(int(_need(md, "llama.block_count", where)))
+            w.add_context_length(int(md.get("llama.context_length", 2048)))
+            w.add_embedding_length(n_embd)
+            w.add_feed_forward_length(int(_need(md, "llama.feed_forward_length", where)))
+            w.add_head_count(n_head)
+            w.add_head_count_kv(n_head_kv)
+            if head_dim != n_embd // n_head:
+                w.add_key_length(head_dim)
+                w.add_value_length(head_dim)
+            w.add_rope_dimension_count(head_dim)
+            w.add_layer_norm_rms_eps(float(_need(md, "llama.attention.layer_norm_rms_epsilon", where)))
+            freq_base = float(md.get("llama.rope.freq_base", 10000.0))
+            w.add_rope_freq_base(freq_base)
+            w.add_vocab_size(n_vocab)
+
+            scaling = str(md.get("llama.rope.scaling.type") or "none")
+            rope_freqs = None
+            if scaling == "linear":
+                w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+                w.add_rope_scaling_factor(float(_need(md, "llama.rope.scaling.factor", where)))
+            elif scaling == "llama3":
+                p = {k: md.get("llama.rope.scaling." + k) for k in
+                     ("factor", "low_freq_factor", "high_freq_factor", "original_context_length")}
+                p = {"factor": float(p["factor"] or 8.0), "low_freq_factor": float(p["low_freq_factor"] or 1.0),
+                     "high_freq_factor": float(p["high_freq_factor"] or 4.0),
+                     "original_context_length": int(p["original_context_length"] or 8192)}
+                rope_freqs = llama3_rope_factors(head_dim, freq_base, p["factor"], p["low_freq_factor"],
+                                                 p["high_freq_factor"], p["original_context_length"])
+                w.add_string(GGQ_LLAMA3_PREFIX + "type", "llama3")
+                w.add_float32(GGQ_LLAMA3_PREFIX + "factor", p["factor"])
+                w.add_float32(GGQ_LLAMA3_PREFIX + "low_freq_factor", p["low_freq_factor"])
+                w.add_float32(GGQ_LLAMA3_PREFIX + "high_freq_factor", p["high_freq_factor"])
+                w.add_uint32(GGQ_LLAMA3_PREFIX + "original_context_length", p["original_context_length"])
+            elif scaling != "none":
+                raise ConvertError(f"{where}: rope scaling {scaling!r} cannot be exported")
+
+            # tokenizer
+            w.add_tokenizer_model("gpt2")
+            pre = md.get("tokenizer.ggml.pre") or guess_pre_tokenizer(tok) or "default"
+            w.add_tokenizer_pre(str(pre))
+            w.add_token_list(tf["tokens"])
+            w.add_token_types(tf["token_type"])
+            w.add_token_merges(tf["merges"])
+            bos = int(md.get("tokenizer.bos_token_id", -1))
+            eos = int(md.get("tokenizer.eos_token_id", -1))
+            if bos >= 0:
+                w.add_bos_token_id(bos)
+            if eos >= 0:
+                w.add_eos_token_id(eos)
+            unk = md.get("tokenizer.unknown_token_id", tf["unk_id"])
+            if unk is not None and int(unk) >= 0:
+                w.add_unk_token_id(int(unk))
+            pad = md.get("tokenizer.padding_token_id")
+            if pad is None and isinstance(tok.get("padding"), dict):
+                pad = tok["padding"].get("pad_id")
+            if pad is not None and int(pad) >= 0:
+                w.add_pad_token_id(int(pad))
+            w.add_add_bos_token(bool(md.get("tokenizer.add_bos_token", False)))
+            if md.get("tokenizer.chat_template"):
+                w.add_chat_template(str(md["tokenizer.chat_template"]))
+
+            # tensors: raw bytes, only attn_q/attn_k rows reordered
+            for name, info in f.tensors.items():
+                qt = info.qtype
+                if qt is None:
+                    raise ConvertError(f"{where}: tensor {name!r} has type id {info.type_id} "
+                                       f"that ggq cannot export")
+                raw = f.raw(name)
+                heads = heads_for(name, n_head, n_head_kv)
+                if heads is not None:
+                    raw = hf_to_gguf_rows(raw, heads)
+                raw = np.ascontiguousarray(raw, dtype=np.uint8)
+                raw = raw.reshape(-1) if len(info.shape) == 1 else raw.reshape(-1, raw.shape[-1])
+                # uint8 + raw_dtype: the writer derives the element shape from the byte shape
+                w.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType(qt.ggml_id))
+                got = tuple(int(s) for s in w.tensors[-1][name].shape)
+                if got != tuple(int(s) for s in info.shape):
+                    raise ConvertError(f"{where}: tensor {name!r} shape {tuple(info.shape)} "
+                                       f"became {got} in GGUF")
+            if rope_freqs is not None and "rope_freqs.weight" not in f.tensors:
+                w.add_tensor("rope_freqs.weight", rope_freqs)
+
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+            w.close()
+            w = None
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, out)
+        except BaseException:
+            if w is not None:
+                try:
+                    w.close()
+                except Exception:
+                    pass
+            tmp.unlink(missing_ok=True)
+            raise
+    return out
+
+
+# --------------------------------------------------------------------------- reading helpers
+
+def gguf_metadata(path) -> dict[str, Any]:
+    """All key/value pairs of a GGUF file as plain Python values (arrays as lists)."""
+    import gguf
+
+    try:
+        r = gguf.GGUFReader(str(path))
+    except Exception as e:  # the gguf package raises plain ValueError/OSError on bad files
+        raise FormatError(f"{path}: not a readable GGUF file: {e}") from None
+    out: dict[str, Any] = {}
+    for k, fld in r.fields.items():
+        if k.startswith("GGUF."):
+            continue
+        out[k] = fld.contents()
+    return out

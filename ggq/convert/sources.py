@@ -1,0 +1,693 @@
+"""Checkpoint sources for `ggq convert`: a .safetensors file, a Hugging Face folder (single or
+sharded), or a .gguf file. Every source answers in ggq's conventions (DESIGN.md): GGUF-style
+tensor names, numpy (rows, cols) shapes, HF row order for attn_q / attn_k.
+
+    src = open_source(path)
+    src.config                 ModelConfig (llama hyperparameters)
+    src.tokenizer_json         str | None     whole HF tokenizer.json
+    src.chat_template          str | None
+    src.bos_token_id, src.eos_token_id, src.add_bos_token, src.ggml_pre
+    src.tensor_names()         list[str]
+    src.tensor_info(name)      SourceTensor(name, shape, dtype, nbytes)
+    src.get(name)              float32 ndarray, HF row order
+    src.get_raw(name)          (QuantType, uint8 (rows, row_bytes)), GGUF sources only
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConvertError, FormatError
+from .permute import gguf_to_hf_rows, heads_for
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+
+# Largest JSON header we accept in a safetensors file (real ones are a few hundred KB).
+MAX_ST_HEADER = 100 * 1024 * 1024
+# Largest tokenizer/config side file we read.
+MAX_SIDE_FILE = 256 * 1024 * 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# model configuration
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelConfig:
+    """llama-family hyperparameters, named after the .ggq metadata keys (DESIGN.md)."""
+    block_count: int
+    embedding_length: int
+    feed_forward_length: int
+    head_count: int
+    head_count_kv: int
+    key_length: int
+    vocab_size: int
+    context_length: int = 2048
+    rms_eps: float = 1e-5
+    rope_freq_base: float = 10000.0
+    rope_scaling_type: str = "none"
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_context_length: int = 8192
+    tie_word_embeddings: bool = False
+    name: str = ""
+
+    # field -> (metadata key, vtype)
+    _KEYS = {
+        "block_count": ("llama.block_count", "u32"),
+        "embedding_length": ("llama.embedding_length", "u32"),
+        "feed_forward_length": ("llama.feed_forward_length", "u32"),
+        "head_count": ("llama.attention.head_count", "u32"),
+        "head_count_kv": ("llama.attention.head_count_kv", "u32"),
+        "key_length": ("llama.attention.key_length", "u32"),
+        "rms_eps": ("llama.attention.layer_norm_rms_epsilon", "f32"),
+        "rope_freq_base": ("llama.rope.freq_base", "f32"),
+        "rope_scaling_type": ("llama.rope.scaling.type", "str"),
+        "rope_scaling_factor": ("llama.rope.scaling.factor", "f32"),
+        "rope_low_freq_factor": ("llama.rope.scaling.low_freq_factor", "f32"),
+        "rope_high_freq_factor": ("llama.rope.scaling.high_freq_factor", "f32"),
+        "rope_original_context_length": ("llama.rope.scaling.original_context_length", "u32"),
+        "context_length": ("llama.context_length", "u32"),
+        "vocab_size": ("llama.vocab_size", "u32"),
+        "tie_word_embeddings": ("llama.tie_word_embeddings", "bool"),
+        "name": ("general.name", "str"),
+    }
+
+    def validate(self, where: str) -> "ModelConfig":
+        for f in ("block_count", "embedding_length", "feed_forward_length", "head_count",
+                  "head_count_kv", "key_length", "vocab_size", "context_length"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 1 << 31:
+                raise ConvertError(f"{where}: bad {f} {v!r}")
+        if self.head_count % self.head_count_kv:
+            raise ConvertError(f"{where}: head_count {self.head_count} is not a multiple of "
+                               f"head_count_kv {self.head_count_kv}")
+        if self.key_length % 2:
+            raise ConvertError(f"{where}: head_dim {self.key_length} is odd")
+        if self.rope_scaling_type not in ("none", "linear", "llama3"):
+            raise ConvertError(f"{where}: unsupported rope scaling {self.rope_scaling_type!r} "
+                               "(supported: none, linear, llama3)")
+        for f in ("rms_eps", "rope_freq_base", "rope_scaling_factor"):
+            if not (isinstance(getattr(self, f), float) and math.isfinite(getattr(self, f))
+                    and getattr(self, f) > 0):
+                raise ConvertError(f"{where}: bad {f} {getattr(self, f)!r}")
+        return self
+
+    def to_metadata(self) -> dict:
+        """{key: value} for the .ggq metadata (rope scaling keys only where they apply)."""
+        out = {}
+        for f, (key, _) in self._KEYS.items():
+            if f == "rope_scaling_factor" and self.rope_scaling_type == "none":
+                continue
+            if f in ("rope_low_freq_factor", "rope_high_freq_factor", "rope_original_context_length") \
+                    and self.rope_scaling_type != "llama3":
+                continue
+            out[key] = getattr(self, f)
+        return out
+
+    @classmethod
+    def metadata_types(cls) -> dict:
+        return {key: vt for key, vt in cls._KEYS.values()}
+
+    @classmethod
+    def from_metadata(cls, md: dict, where: str = "metadata") -> "ModelConfig":
+        kw = {}
+        for f in fields(cls):
+            if f.name.startswith("_"):
+                continue
+            key = cls._KEYS[f.name][0]
+            if key in md:
+                kw[f.name] = md[key]
+        missing = [cls._KEYS[f][0] for f in ("block_count", "embedding_length", "feed_forward_length",
+                                              "head_count", "vocab_size") if f not in kw]
+        if missing:
+            raise ConvertError(f"{where}: missing metadata {', '.join(missing)}")
+        kw.setdefault("head_count_kv", kw["head_count"])
+        kw.setdefault("key_length", kw["embedding_length"] // max(int(kw["head_count"]), 1))
+        for f in ("rms_eps", "rope_freq_base", "rope_scaling_factor", "rope_low_freq_factor",
+                  "rope_high_freq_factor"):
+            if f in kw:
+                kw[f] = float(kw[f])
+        for f in ("block_count", "embedding_length", "feed_forward_length", "head_count",
+                  "head_count_kv", "key_length", "vocab_size", "context_length",
+                  "rope_original_context_length"):
+            if f in kw:
+                kw[f] = int(kw[f])
+        if "tie_word_embeddings" in kw:
+            kw["tie_word_embeddings"] = bool(kw["tie_word_embeddings"])
+        return cls(**kw).validate(where)
+
+    @classmethod
+    def from_hf(cls, cfg: dict, where: str) -> "ModelConfig":
+        arch = (cfg.get("architectures") or [None])[0]
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ConvertError(f"{where}: architecture {arch!r} is not supported "
+                               f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+        if cfg.get("sliding_window") not in (None, 0) and arch == "MistralForCausalLM":
+            ctx = cfg.get("max_position_embeddings", 0)
+            if isinstance(ctx, int) and cfg["sliding_window"] < ctx:
+                raise ConvertError(f"{where}: sliding-window attention ({cfg['sliding_window']}) "
+                                   "is not supported")
+        if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+            raise ConvertError(f"{where}: attention/MLP biases are not supported (plain llama layout only)")
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ConvertError(f"{where}: activation {cfg.get('hidden_act')!r} is not supported (silu only)")
+        try:
+            heads = int(cfg["num_attention_heads"])
+            hidden = int(cfg["hidden_size"])
+            kw = dict(
+                block_count=int(cfg["num_hidden_layers"]),
+                embedding_length=hidden,
+                feed_forward_length=int(cfg["intermediate_size"]),
+                head_count=heads,
+                head_count_kv=int(cfg.get("num_key_value_heads") or heads),
+                key_length=int(cfg.get("head_dim") or hidden // heads),
+                vocab_size=int(cfg["vocab_size"]),
+                context_length=int(cfg.get("max_position_embeddings") or 2048),
+                rms_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+                rope_freq_base=float(cfg.get("rope_theta", 10000.0)),
+                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                name=str(cfg.get("_name_or_path") or ""),
+            )
+        except KeyError as e:
+            raise ConvertError(f"{where}: config.json lacks {e.args[0]}") from None
+        except (TypeError, ValueError) as e:
+            raise ConvertError(f"{where}: bad value in config.json ({e})") from None
+        rs = cfg.get("rope_scaling")
+        if rs:
+            if not isinstance(rs, dict):
+                raise ConvertError(f"{where}: bad rope_scaling {rs!r}")
+            kind = rs.get("rope_type") or rs.get("type")
+            if kind == "linear":
+                kw.update(rope_scaling_type="linear", rope_scaling_factor=float(rs["factor"]))
+            elif kind == "llama3":
+                kw.update(rope_scaling_type="llama3", rope_scaling_factor=float(rs["factor"]),
+                          rope_low_freq_factor=float(rs.get("low_freq_factor", 1.0)),
+                          rope_high_freq_factor=float(rs.get("high_freq_factor", 4.0)),
+                          rope_original_context_length=int(rs.get("original_max_position_embeddings", 8192)))
+            elif kind not in (None, "default"):
+                raise ConvertError(f"{where}: rope scaling {kind!r} is not supported "
+                                   "(supported: linear, llama3)")
+        return cls(**kw).validate(where)
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor a llama checkpoint holds, in ggq naming, with its numpy shape."""
+        h, f, hd = self.embedding_length, self.feed_forward_length, self.key_length
+        out = {"token_embd.weight": (self.vocab_size, h), "output_norm.weight": (h,)}
+        if not self.tie_word_embeddings:
+            out["output.weight"] = (self.vocab_size, h)
+        for i in range(self.block_count):
+            p = f"blk.{i}."
+            out.update({
+                p + "attn_norm.weight": (h,),
+                p + "attn_q.weight": (self.head_count * hd, h),
+                p + "attn_k.weight": (self.head_count_kv * hd, h),
+                p + "attn_v.weight": (self.head_count_kv * hd, h),
+                p + "attn_output.weight": (h, self.head_count * hd),
+                p + "ffn_norm.weight": (h,),
+                p + "ffn_gate.weight": (f, h),
+                p + "ffn_up.weight": (f, h),
+                p + "ffn_down.weight": (h, f),
+            })
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# names
+# ---------------------------------------------------------------------------------------------
+
+_HF_LAYER = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+_HF_TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+           "lm_head.weight": "output.weight"}
+_GGQ_LAYER = {v: k for k, v in _HF_LAYER.items()}
+_GGQ_TOP = {v: k for k, v in _HF_TOP.items()}
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_BLK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+def hf_to_ggq_name(name: str) -> str | None:
+    """'model.layers.3.self_attn.q_proj.weight' -> 'blk.3.attn_q.weight'; None if unknown."""
+    if name in _HF_TOP:
+        return _HF_TOP[name]
+    m = _LAYER_RE.match(name)
+    if m and m.group(2) in _HF_LAYER:
+        return f"blk.{int(m.group(1))}.{_HF_LAYER[m.group(2)]}"
+    return None
+
+
+def ggq_to_hf_name(name: str) -> str:
+    if name in _GGQ_TOP:
+        return _GGQ_TOP[name]
+    m = _BLK_RE.match(name)
+    if m and m.group(2) in _GGQ_LAYER:
+        return f"model.layers.{int(m.group(1))}.{_GGQ_LAYER[m.group(2)]}"
+    raise ConvertError(f"no Hugging Face name for tensor {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# common source interface
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class SourceTensor:
+    name: str                    # ggq name
+    shape: tuple[int, ...]       # numpy order
+    dtype: str                   # "F32" / "F16" / "BF16" / a GGML type name ("Q4_1")
+    nbytes: int                  # bytes in the source
+    key: str = ""                # name in the source file
+    file: str = ""               # which file holds it
+    extra: dict = field(default_factory=dict)
+
+
+class Source:
+    kind = "?"
+    path: Path
+    config: ModelConfig
+    tokenizer_json: str | None = None
+    chat_template: str | None = None
+    bos_token_id: int = -1
+    eos_token_id: int = -1
+    add_bos_token: bool = False
+    ggml_pre: str | None = None
+    _tensors: dict[str, SourceTensor]
+
+    def tensor_names(self) -> list[str]:
+        return list(self._tensors)
+
+    def tensor_info(self, name: str) -> SourceTensor:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise ConvertError(f"{self.path.name}: no tensor {name!r}") from None
+
+    def get(self, name: str) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def get_raw(self, name: str):
+        raise ConvertError(f"{self.path.name}: raw quantized data only exists in GGUF sources")
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _check_tensors(self) -> None:
+        """All expected tensors present with the config's shapes, nothing unexpected."""
+        where = self.path.name
+        want = self.config.expected_shapes()
+        for name, shape in want.items():
+            if name not in self._tensors:
+                raise ConvertError(f"{where}: tensor {name!r} is missing")
+            if tuple(self._tensors[name].shape) != shape:
+                raise ConvertError(f"{where}: tensor {name!r} has shape {tuple(self._tensors[name].shape)}, "
+                                   f"config says {shape}")
+        extra = [n for n in self._tensors if n not in want]
+        if extra:
+            raise ConvertError(f"{where}: unexpected tensor {extra[0]!r} for a llama model")
+        # keep a canonical order: embeddings, layers, output (as llama.cpp lays them out)
+        self._tensors = {n: self._tensors[n] for n in want}
+
+    def _tokenizer_ids(self, tok_cfg: dict) -> None:
+        """bos/eos ids and add_bos from tokenizer_config.json + tokenizer.json."""
+        vocab: dict[str, int] = {}
+        if self.tokenizer_json:
+            try:
+                tj = json.loads(self.tokenizer_json)
+                vocab = dict(tj.get("model", {}).get("vocab") or {})
+                for t in tj.get("added_tokens") or []:
+                    vocab[t["content"]] = int(t["id"])
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise ConvertError(f"{self.path.name}: tokenizer.json is malformed ({e})") from None
+            self.ggml_pre = detect_ggml_pre(tj)
+
+        def tok_id(v):
+            if isinstance(v, dict):
+                v = v.get("content")
+            return vocab.get(v, -1) if isinstance(v, str) else -1
+
+        self.bos_token_id = tok_id(tok_cfg.get("bos_token"))
+        self.eos_token_id = tok_id(tok_cfg.get("eos_token"))
+        if self.eos_token_id < 0 and isinstance(self._hf_cfg.get("eos_token_id"), int):
+            self.eos_token_id = self._hf_cfg["eos_token_id"]
+        if self.bos_token_id < 0 and isinstance(self._hf_cfg.get("bos_token_id"), int):
+            self.bos_token_id = self._hf_cfg["bos_token_id"]
+        # HF decides BOS in the tokenizer's post-processor; tokenizer_config states it too.
+        if "add_bos_token" in tok_cfg:
+            self.add_bos_token = bool(tok_cfg["add_bos_token"])
+        else:
+            self.add_bos_token = '"TemplateProcessing"' in (self.tokenizer_json or "") and \
+                self.bos_token_id >= 0
+        ct = tok_cfg.get("chat_template")
+        if isinstance(ct, list):  # named templates: take the default one
+            ct = next((t.get("template") for t in ct if t.get("name") == "default"), None)
+        self.chat_template = ct if isinstance(ct, str) else None
+
+
+def detect_ggml_pre(tj: dict) -> str | None:
+    """llama.cpp's pre-tokenizer name for an HF tokenizer.json, where we recognise it."""
+    pt = tj.get("pre_tokenizer") or {}
+    if pt.get("type") == "ByteLevel" and pt.get("use_regex", True):
+        return "gpt2"
+    if pt.get("type") == "Sequence":
+        seq = pt.get("pretokenizers") or []
+        if len(seq) == 2 and seq[0].get("type") == "Digits" and seq[0].get("individual_digits") \
+                and seq[1].get("type") == "ByteLevel" and seq[1].get("use_regex", True):
+            return "smollm"
+    return None
+
+
+def _read_side(path: Path, what: str) -> str | None:
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_SIDE_FILE:
+        raise ConvertError(f"{path.name}: {what} is implausibly large ({path.stat().st_size} bytes)")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConvertError(f"{path.name}: cannot read {what} ({e})") from None
+
+
+def _read_json(path: Path, what: str) -> dict | None:
+    text = _read_side(path, what)
+    if text is None:
+        return None
+    try:
+        d = json.loads(text)
+    except ValueError as e:
+        raise ConvertError(f"{path.name}: {what} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ConvertError(f"{path.name}: {what} is not a JSON object")
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# safetensors
+# ---------------------------------------------------------------------------------------------
+
+_ST_DTYPES = {"F32": (np.dtype("<f4"), 4), "F16": (np.dtype("<f2"), 2), "BF16": (None, 2)}
+_ST_ALL_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                  "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def read_safetensors_header(path: Path) -> tuple[int, dict]:
+    """Validate a safetensors file's header against the file itself, before anything is read
+    from its data: returns (data_start, {key: {"dtype", "shape", "data_offsets"}}).
+    Raises FormatError naming the file on any inconsistency."""
+    name = path.name
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise FormatError(f"{name}: truncated safetensors file ({size} bytes)")
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                raise FormatError(f"{name}: safetensors header length {n} exceeds the file size {size}")
+            if n > MAX_ST_HEADER:
+                raise FormatError(f"{name}: safetensors header length {n} is implausibly large")
+            raw = fh.read(n)
+    except OSError as e:
+        raise FormatError(f"{name}: cannot read ({e.strerror or e})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise FormatError(f"{name}: safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{name}: safetensors header is not a JSON object")
+    data_start = 8 + n
+    data_len = size - data_start
+    entries = {}
+    spans = []
+    for key, e in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= set(e):
+            raise FormatError(f"{name}: tensor {key!r}: header entry lacks dtype/shape/data_offsets")
+        dt, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
+        if dt not in _ST_ALL_DTYPES:
+            raise FormatError(f"{name}: tensor {key!r}: unknown dtype {dt!r}")
+        if not (isinstance(shape, list) and len(shape) <= 8
+                and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 1 << 40 for s in shape)):
+            raise FormatError(f"{name}: tensor {key!r}: bad shape {shape!r}")
+        if not (isinstance(offs, list) and len(offs) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
+            raise FormatError(f"{name}: tensor {key!r}: bad data_offsets {offs!r}")
+        b, end = offs
+        if not 0 <= b <= end:
+            raise FormatError(f"{name}: tensor {key!r}: bad data_offsets {offs}")
+        if end > data_len:
+            raise FormatError(f"{name}: tensor {key!r}: data_offsets {offs} run past the end of the "
+                              f"file ({data_len} data bytes)")
+        want = math.prod(shape) * _ST_ALL_DTYPES[dt]
+        if end - b != want:
+            raise FormatError(f"{name}: tensor {key!r}: {end - b} bytes for {dt} shape {shape} "
+                              f"(expected {want})")
+        entries[key] = {"dtype": dt, "shape": tuple(shape), "data_offsets": (b, end)}
+        spans.append((b, end, key))
+    spans.sort()
+    for (b0, e0, k0), (b1, e1, k1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise FormatError(f"{name}: tensors {k0!r} and {k1!r} overlap in the data section")
+    return data_start, entries
+
+
+class SafetensorsSource(Source):
+    """A single .safetensors file, or an HF folder (single file or sharded with an index)."""
+    kind = "safetensors"
+
+    def __init__(self, path: Path):
+        path = Path(path)
+        self.path = path
+        folder = path if path.is_dir() else path.parent
+        if path.is_dir():
+            index = folder / "model.safetensors.index.json"
+            if index.is_file():
+                idx = _read_json(index, "safetensors index")
+                wm = idx.get("weight_map")
+                if not isinstance(wm, dict) or not wm:
+                    raise ConvertError(f"{index.name}: no weight_map")
+                files = []
+                for f in wm.values():
+                    if not isinstance(f, str) or "/" in f or "\\" in f or f.startswith("."):
+                        raise ConvertError(f"{index.name}: bad shard name {f!r}")
+                    if f not in files:
+                        files.append(f)
+                files = [folder / f for f in files]
+                for f in files:
+                    if not f.is_file():
+                        raise ConvertError(f"{index.name}: shard {f.name} is missing")
+            else:
+                files = sorted(folder.glob("*.safetensors"))
+                if not files:
+                    raise ConvertError(f"{path}: no .safetensors files in this folder")
+                if len(files) > 1 and (folder / "model.safetensors") in files:
+                    files = [folder / "model.safetensors"]
+                elif len(files) > 1:
+                    raise ConvertError(f"{path}: several .safetensors files but no model.safetensors.index.json")
+        else:
+            files = [path]
+
+        cfg = _read_json(folder / "config.json", "config.json")
+        if cfg is None:
+            raise ConvertError(f"{path.name}: no config.json next to the weights (in {folder})")
+        self._hf_cfg = cfg
+        self.config = ModelConfig.from_hf(cfg, "config.json")
+        self.tokenizer_json = _read_side(folder / "tokenizer.json", "tokenizer.json")
+        tok_cfg = _read_json(folder / "tokenizer_config.json", "tokenizer_config.json") or {}
+        self._tokenizer_ids(tok_cfg)
+        if not self.config.name:
+            self.config.name = folder.name
+
+        self._files = files
+        self._handles: dict[Path, object] = {}
+        tensors: dict[str, SourceTensor] = {}
+        lm_head = None
+        for f in files:
+            data_start, entries = read_safetensors_header(f)
+            for key, e in entries.items():
+                if key.endswith("rotary_emb.inv_freq"):
+                    continue  # recomputed from rope_theta
+                g = hf_to_ggq_name(key)
+                if g is None:
+                    raise ConvertError(f"{f.name}: unexpected tensor {key!r} for a llama model")
+                if e["dtype"] not in _ST_DTYPES:
+                    raise ConvertError(f"{f.name}: tensor {key!r} has dtype {e['dtype']} "
+                                       "(supported: F32, F16, BF16)")
+                if g in tensors:
+                    raise ConvertError(f"{f.name}: tensor {key!r} appears twice")
+                st = SourceTensor(g, e["shape"], e["dtype"], e["data_offsets"][1] - e["data_offsets"][0],
+                                  key=key, file=str(f))
+                if g == "output.weight":
+                    lm_head = st
+                tensors[g] = st
+        # tied checkpoints sometimes still ship lm_head; llama.cpp-style: tied when lm_head absent.
+        if lm_head is None:
+            self.config.tie_word_embeddings = True
+        elif self.config.tie_word_embeddings:
+            del tensors["output.weight"]
+        self._tensors = tensors
+        self._check_tensors()
+
+    def _handle(self, file: str):
+        from safetensors import safe_open
+        h = self._handles.get(file)
+        if h is None:
+            try:
+                h = safe_open(file, framework="numpy")
+            except Exception as e:  # safetensors raises its own error types
+                raise FormatError(f"{Path(file).name}: cannot open ({e})") from None
+            self._handles[file] = h
+        return h
+
+    def get(self, name: str) -> np.ndarray:
+        t = self.tensor_info(name)
+        # safe_open(numpy) returns BF16 as ml_dtypes.bfloat16, which astype() widens exactly.
+        try:
+            a = self._handle(t.file).get_tensor(t.key)
+        except Exception as e:
+            raise FormatError(f"{Path(t.file).name}: cannot read tensor {t.key!r} ({e})") from None
+        if a.shape != tuple(t.shape):
+            raise FormatError(f"{Path(t.file).name}: tensor {t.key!r} read with shape {a.shape}")
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF
+# ---------------------------------------------------------------------------------------------
+
+class GGUFSource(Source):
+    kind = "gguf"
+
+    def __init__(self, path: Path):
+        from gguf import GGUFReader
+        self.path = path = Path(path)
+        try:
+            self._r = r = GGUFReader(str(path), "r")
+        except Exception as e:  # the gguf package raises ValueError/struct.error/etc. on bad files
+            raise FormatError(f"{path.name}: not a readable GGUF file ({e})") from None
+        md = {}
+        for k, f in r.fields.items():
+            if k.startswith("tokenizer.ggml.") and k in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges",
+                                                          "tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
+                continue
+            try:
+                md[k] = f.contents()
+            except Exception:
+                continue
+        self._md = md
+        arch = md.get("general.architecture")
+        if arch != "llama":
+            raise ConvertError(f"{path.name}: GGUF architecture {arch!r} is not supported (supported: llama)")
+        md = dict(md)
+        md.setdefault("general.name", path.stem)
+        stype = md.get("llama.rope.scaling.type")
+        if stype not in (None, "none", "linear"):
+            raise ConvertError(f"{path.name}: rope scaling {stype!r} is not supported in GGUF input")
+        if stype == "linear":
+            md["llama.rope.scaling.factor"] = float(md.get("llama.rope.scaling.factor", 1.0))
+        tied = not any(t.name == "output.weight" for t in r.tensors)
+        md["llama.tie_word_embeddings"] = tied
+        if "llama.vocab_size" not in md and "tokenizer.ggml.tokens" in r.fields:
+            md["llama.vocab_size"] = len(r.fields["tokenizer.ggml.tokens"].data)
+        self.config = ModelConfig.from_metadata(md, path.name)
+
+        from .tokenizer_gguf import tokenizer_from_gguf
+        tk = tokenizer_from_gguf(r, path.name)
+        self.tokenizer_json = tk.json
+        self.bos_token_id, self.eos_token_id = tk.bos_token_id, tk.eos_token_id
+        self.add_bos_token, self.ggml_pre = tk.add_bos_token, tk.pre
+        ct = md.get("tokenizer.chat_template")
+        self.chat_template = ct if isinstance(ct, str) else None
+
+        from ..quants import find_by_id
+        tensors = {}
+        self._rt = {}
+        for t in r.tensors:
+            if t.name == "rope_freqs.weight":
+                raise ConvertError(f"{path.name}: llama3 rope scaling (rope_freqs.weight) is not supported")
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+            if len(shape) > 2:
+                raise ConvertError(f"{path.name}: tensor {t.name!r} has {len(shape)} dimensions")
+            qt = find_by_id(int(t.tensor_type))
+            if qt is None:
+                raise ConvertError(f"{path.name}: tensor {t.name!r} has type {t.tensor_type.name}, "
+                                   "which ggq does not support")
+            if not qt.supports(shape[-1]) or qt.nbytes(shape) != int(t.n_bytes):
+                raise FormatError(f"{path.name}: tensor {t.name!r}: {t.n_bytes} bytes for "
+                                  f"{qt.name} shape {shape}")
+            tensors[t.name] = SourceTensor(t.name, shape, qt.name, int(t.n_bytes), key=t.name)
+            self._rt[t.name] = (t, qt)
+        self._tensors = tensors
+        self._check_tensors()
+
+    def get_raw(self, name: str):
+        """(QuantType, uint8 (rows, row_bytes)) in HF row order (whole rows un-permuted)."""
+        st = self.tensor_info(name)
+        t, qt = self._rt[name]
+        rows = math.prod(st.shape[:-1]) if len(st.shape) > 1 else 1
+        data = np.asarray(t.data).reshape(-1).view(np.uint8).reshape(rows, qt.row_bytes(st.shape[-1]))
+        nh = heads_for(name, self.config.head_count, self.config.head_count_kv)
+        if nh is not None:
+            data = gguf_to_hf_rows(data, nh)
+        return qt, data
+
+    def get(self, name: str) -> np.ndarray:
+        st = self.tensor_info(name)
+        qt, raw = self.get_raw(name)
+        return qt.dequantize(np.ascontiguousarray(raw), st.shape[-1]).reshape(st.shape)
+
+    def metadata(self) -> dict:
+        return dict(self._md)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def open_source(path) -> Source:
+    """Open a checkpoint: .safetensors file, HF folder, or .gguf file."""
+    p = Path(path)
+    if not p.exists():
+        raise ConvertError(f"{p}: no such file or folder")
+    if p.is_dir():
+        return SafetensorsSource(p)
+    try:
+        with open(p, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise ConvertError(f"{p.name}: cannot read ({e.strerror or e})") from None
+    if magic == b"GGUF":
+        return GGUFSource(p)
+    if p.suffix == ".gguf":
+        raise FormatError(f"{p.name}: not a GGUF file (bad magic {magic!r})")
+    if p.suffix == ".safetensors":
+        return SafetensorsSource(p)
+    raise ConvertError(f"{p.name}: unknown input kind (expected a .safetensors file, a Hugging Face "
+                       "folder or a .gguf file)")
+
+
+__all__ = ["ModelConfig", "Source", "SourceTensor", "SafetensorsSource", "GGUFSource", "open_source",
+           "hf_to_ggq_name", "ggq_to_hf_name", "read_safetensors_header", "SUPPORTED_ARCHITECTURES",
+           "detect_ggml_pre"]

@@ -1,1 +1,42 @@
-"""(being written)"""
+"""`ggq convert`: a Hugging Face checkpoint or a GGUF file -> .ggq."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import cli
+
+
+@cli.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output .ggq file (default: INPUT's name + .<preset>.ggq in the current folder).")
+@click.option("-t", "--type", "preset", default=None, metavar="PRESET",
+              help="q4_k_m q4_k_s q5_k_m q5_k_s q6_k q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_m f16 bf16 f32 "
+                   "keep (default: keep for .gguf input, else q4_k_m).")
+@click.option("--override", "overrides", multiple=True, metavar="PATTERN=TYPE",
+              help="Per-tensor type by fnmatch pattern, e.g. 'blk.*.ffn_down.weight=Q6_K' (repeatable, later wins).")
+@click.option("--imatrix", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Importance matrix: .npz of per-column weights keyed by tensor name.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (type and size per tensor) and write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def convert(input: Path, output: Path | None, preset: str | None, overrides: tuple[str, ...],
+            imatrix: Path | None, force: bool, dry_run: bool, as_json: bool) -> None:
+    """Convert INPUT (.safetensors file, Hugging Face folder, or .gguf) to a .ggq file."""
+    import json
+
+    from ..convert import convert_model
+
+    report = convert_model(input, output, preset=preset, overrides=overrides, force=force,
+                           dry_run=dry_run, imatrix=imatrix, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+        return
+    if dry_run:
+        click.echo(report.table())
+        click.echo()
+    else:
+        click.echo(f"wrote {report.output}")
+    click.echo(report.summary())

@@ -1,1 +1,219 @@
-"""(being written)"""
+"""`ggq run`, `ggq bench`, `ggq perplexity`: thin shells over ggq.api."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import click
+import numpy as np
+
+from ..errors import UsageError
+from . import cli
+
+
+def _log(msg: str) -> None:
+    click.echo(f"ggq: {msg}", err=True)
+
+
+def _load(model, ctx, threads):
+    from ..api import load
+
+    return load(model, n_ctx=ctx, threads=threads, log=_log)
+
+
+@cli.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=True))
+@click.option("-p", "--prompt", help="Prompt text.")
+@click.option("-f", "--file", "prompt_file", type=click.Path(dir_okay=False), help="Read the prompt from a file.")
+@click.option("-n", "--max-tokens", default=256, show_default=True, type=int,
+              help="Tokens to generate (-1: until the context is full).")
+@click.option("-c", "--ctx-size", type=int, help="Context size in tokens [default: model's, at most 4096].")
+@click.option("-t", "--threads", type=int, help="Threads [default: all cores].")
+@click.option("--temp", "temperature", default=0.8, show_default=True, type=float, help="Temperature (0: greedy).")
+@click.option("--top-k", default=40, show_default=True, type=int, help="Top-k (0: off).")
+@click.option("--top-p", default=0.95, show_default=True, type=float, help="Top-p (1: off).")
+@click.option("--min-p", default=0.05, show_default=True, type=float, help="Min-p (0: off).")
+@click.option("--repeat-penalty", default=1.0, show_default=True, type=float, help="Repetition penalty over the last 64 tokens (1: off).")
+@click.option("-s", "--seed", type=int, help="Random seed [default: random].")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
+@click.option("-sys", "--system", help="System message (with --chat).")
+def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, top_k, top_p, min_p,
+        repeat_penalty, seed, chat, system):
+    """Generate text from MODEL (.ggq or .gguf; default: SmolLM2-135M-Instruct at q4_k_m).
+
+    Text streams to stdout; load time, prompt and generation speed go to stderr at the end."""
+    t_start = time.perf_counter()
+    if prompt is not None and prompt_file is not None:
+        raise UsageError("give either --prompt or --file, not both")
+    if prompt_file is not None:
+        try:
+            with open(prompt_file, encoding="utf-8") as fh:
+                prompt = fh.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"{prompt_file}: cannot read the prompt ({getattr(e, 'strerror', None) or e})") from None
+    if prompt is None:
+        raise UsageError("no prompt: give -p TEXT or -f FILE")
+    if system is not None and not chat:
+        chat = True  # a system message only makes sense in a chat
+    m = _load(model, ctx_size, threads)
+    pieces = m.generate(prompt, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, chat=chat, system=system)
+    out = sys.stdout
+    first = None
+    for piece in pieces:
+        if first is None:
+            first = time.perf_counter() - t_start
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    out.flush()
+    st = m.stats
+    ttft = f"{first * 1000:.0f} ms" if first is not None else "-"
+    _log(f"{m.path.name}: load {st.load_s * 1000:.0f} ms | prompt {st.prompt_tokens} tok "
+         f"{st.prompt_tps:.1f} tok/s | generation {st.gen_tokens} tok {st.gen_tps:.1f} tok/s | "
+         f"first text after {ttft} | stop: {st.stop or '-'} | threads {m.threads}")
+
+
+def _human_size(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def bench_model(m, n_prompt: int, n_gen: int, runs: int, seed: int = 0):
+    """llama-bench's tests: pp = one batch of n_prompt random tokens on an empty cache;
+    tg = n_gen single-token steps from an empty cache. Returns {test: [t/s per run]}."""
+    rng = np.random.default_rng(seed)
+    vocab = m.llama.vocab_size
+    res = {}
+    tests = []
+    if n_prompt > 0:
+        tests.append(("pp", n_prompt))
+    if n_gen > 0:
+        tests.append(("tg", n_gen))
+    for kind, n in tests:
+        if n > m.n_ctx:
+            raise UsageError(f"{kind}{n} does not fit the context size {m.n_ctx}")
+        speeds = []
+        for r in range(runs + 1):  # one warm-up run
+            toks = rng.integers(0, vocab, size=n)
+            t0 = time.perf_counter()
+            if kind == "pp":
+                m.llama.forward(toks, 0)
+            else:
+                for i in range(n):
+                    m.llama.forward(toks[i:i + 1], i)
+            dt = time.perf_counter() - t0
+            if r:
+                speeds.append(n / dt)
+        res[f"{kind}{n}"] = speeds
+    return res
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-p", "--n-prompt", default=128, show_default=True, type=int, help="Prompt tokens (pp test; 0: skip).")
+@click.option("-n", "--n-gen", default=64, show_default=True, type=int, help="Generated tokens (tg test; 0: skip).")
+@click.option("-t", "--threads", type=int, help="Threads [default: all cores].")
+@click.option("-r", "--repetitions", "runs", default=5, show_default=True, type=int, help="Runs per test (after one warm-up).")
+def bench(model, n_prompt, n_gen, threads, runs):
+    """Prompt processing (ppN) and generation (tgN) speed of MODEL, like llama-bench.
+
+    ppN evaluates N random tokens in one batch; tgN generates N tokens one at a time, both from
+    an empty context. Figures are tokens/s, mean ± standard deviation over the runs."""
+    if runs < 1 or n_prompt < 0 or n_gen < 0:
+        raise UsageError("repetitions must be >= 1 and token counts >= 0")
+    m = _load(model, max(n_prompt, n_gen, 1), threads)
+    res = bench_model(m, n_prompt, n_gen, runs)
+    preset = m.metadata.get("general.preset") or "?"
+    rows = []
+    for test, speeds in res.items():
+        a = np.array(speeds)
+        sd = a.std(ddof=1) if len(a) > 1 else 0.0
+        rows.append((f"{m.name} {preset}", _human_size(m.file_size), f"{m.n_params / 1e6:.2f} M", "numba",
+                     str(m.threads), test, f"{a.mean():.2f} ± {sd:.2f}"))
+    head = ("model", "size", "params", "backend", "threads", "test", "t/s")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    right = {1, 2, 4, 5, 6}
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    click.echo(line(head))
+    click.echo("| " + " | ".join(("-" * (w - 1) + ":") if i in right else "-" * w
+                                 for i, w in enumerate(widths)) + " |")
+    for r in rows:
+        click.echo(line(r))
+
+
+def nll_of_window(logits: np.ndarray, tokens: np.ndarray, first: int) -> np.ndarray:
+    """Negative log-likelihoods of tokens[first+1:] from logits[first:-1] (float64)."""
+    lg = logits[first:-1].astype(np.float64)
+    tgt = tokens[first + 1:]
+    m = lg.max(axis=1)
+    lse = m + np.log(np.exp(lg - m[:, None]).sum(axis=1))
+    return lse - lg[np.arange(len(tgt)), tgt]
+
+
+def ppl_with_error(nll_sum: float, nll2_sum: float, count: int) -> tuple[float, float]:
+    """PPL and its standard error as llama-perplexity computes them: the standard error of the
+    mean NLL, propagated through exp."""
+    mean = nll_sum / count
+    var = nll2_sum / count - mean * mean
+    err = math.sqrt(var / (count - 1)) if var > 0 and count > 1 else 0.0
+    ppl = math.exp(mean)
+    return ppl, ppl * err
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-f", "--file", "text_file", required=True, type=click.Path(dir_okay=False), help="Text file (UTF-8).")
+@click.option("-c", "--ctx-size", default=512, show_default=True, type=int, help="Window length in tokens.")
+@click.option("--chunks", type=int, help="Evaluate only the first N windows.")
+@click.option("--protocol", type=click.Choice(["full", "half"]), default="full", show_default=True,
+              help="full: score positions 1..c-1; half: score c/2+1..c-1 (llama-perplexity).")
+@click.option("-t", "--threads", type=int, help="Threads [default: all cores].")
+def perplexity(model, text_file, ctx_size, chunks, protocol, threads):
+    """Perplexity of MODEL on a text file.
+
+    Protocol: the whole text is tokenized at once with no special tokens and no BOS; it is cut
+    into non-overlapping windows of c tokens starting at token 0 (the remainder is dropped) and
+    each window is evaluated alone from an empty cache. `full` scores the predictions of tokens
+    1..c-1 of every window; `half` scores only tokens c/2+1..c-1 (c=512: 257..511), which is what
+    llama-perplexity does for a model without BOS. Prints the running PPL after each window and
+    the final PPL ± its standard error (computed like llama-perplexity)."""
+    if ctx_size < 4:
+        raise UsageError(f"window size must be at least 4 tokens (got {ctx_size})")
+    if chunks is not None and chunks < 1:
+        raise UsageError(f"--chunks must be >= 1 (got {chunks})")
+    try:
+        with open(text_file, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{text_file}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    m = _load(model, ctx_size, threads)
+    t0 = time.perf_counter()
+    tokens = np.array(m.tokenizer.encode(text, add_bos=False), dtype=np.int64)
+    n_win = len(tokens) // ctx_size
+    if n_win == 0:
+        raise UsageError(f"{text_file}: {len(tokens)} tokens, fewer than one window of {ctx_size}")
+    if chunks is not None:
+        n_win = min(n_win, chunks)
+    first = 0 if protocol == "full" else ctx_size // 2
+    _log(f"{m.path.name}: {len(tokens)} tokens, {n_win} windows of {ctx_size}, protocol {protocol} "
+         f"(scoring tokens {first + 1}..{ctx_size - 1} of each window), threads {m.threads}")
+    nll_sum = nll2_sum = 0.0
+    count = 0
+    for w in range(n_win):
+        win = tokens[w * ctx_size:(w + 1) * ctx_size]
+        nll = nll_of_window(m.logits(win), win, first)
+        nll_sum += float(nll.sum())
+        nll2_sum += float((nll * nll).sum())
+        count += nll.size
+        click.echo(f"[{w + 1}]{math.exp(nll_sum / count):.4f}", nl=(w + 1 == n_win))
+        if w + 1 < n_win:
+            click.echo(",", nl=False)
+        sys.stdout.flush()
+    ppl, err = ppl_with_error(nll_sum, nll2_sum, count)
+    click.echo(f"Final estimate: PPL = {ppl:.4f} +/- {err:.5f}  ({n_win} windows, {count} scored tokens)")
+    _log(f"{time.perf_counter() - t0:.1f} s, {n_win * ctx_size / (time.perf_counter() - t0):.0f} tok/s")

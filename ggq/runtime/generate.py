@@ -1,0 +1,99 @@
+"""The generation loop: prompt in batches, then one token at a time with the sampler."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UsageError
+
+N_BATCH = 512  # prompt tokens per forward call (bounds scratch memory)
+
+
+@dataclass
+class Stats:
+    load_s: float = 0.0
+    prompt_tokens: int = 0
+    prompt_s: float = 0.0
+    gen_tokens: int = 0
+    decode_steps: int = 0        # single-token forward passes (each sampled token but the last)
+    decode_s: float = 0.0
+    first_token_s: float = 0.0  # from generate() call to the first sampled token
+    stop: str = ""               # "eos", "length" or "context"
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_s if self.prompt_s > 0 else 0.0
+
+    @property
+    def gen_tps(self) -> float:
+        # the first token comes from the prompt pass; decode speed counts the forward passes after it
+        return self.decode_steps / self.decode_s if self.decode_s > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"load {self.load_s * 1000:.0f} ms | prompt {self.prompt_tokens} tok, "
+                f"{self.prompt_tps:.1f} tok/s | generated {self.gen_tokens} tok, "
+                f"{self.gen_tps:.1f} tok/s | first token {self.first_token_s * 1000:.0f} ms")
+
+
+def prefill(llama, ids, start_pos: int = 0, all_logits: bool = False, n_batch: int = N_BATCH) -> np.ndarray:
+    """Evaluate ids from start_pos in batches; logits of every position or only the last."""
+    ids = np.asarray(ids, dtype=np.int64)
+    outs = []
+    for s in range(0, len(ids), n_batch):
+        chunk = ids[s:s + n_batch]
+        last = s + n_batch >= len(ids)
+        if all_logits or last:
+            outs.append(llama.forward(chunk, start_pos + s, all_logits=all_logits))
+        else:
+            llama.forward(chunk, start_pos + s, all_logits=False)
+    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+
+
+def check_max_tokens(max_tokens) -> int:
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < -1:
+        raise UsageError(f"max-tokens must be an integer >= 0, or -1 for 'until the context is full' (got {max_tokens!r})")
+    return int(max_tokens)
+
+
+def generate_ids(llama, ids, sampler, max_tokens: int, stop_ids=frozenset(), stats: Stats | None = None):
+    """Yield sampled token ids after the prompt ids (a stop id ends generation, not yielded)."""
+    stats = stats if stats is not None else Stats()
+    n_ctx = llama.n_ctx
+    n = len(ids)
+    if n == 0:
+        raise UsageError("the prompt is empty (no tokens)")
+    if n >= n_ctx:
+        raise UsageError(f"the prompt is {n} tokens but the context holds {n_ctx} "
+                         f"(with room for at least one generated token); use a larger --ctx-size")
+    max_tokens = check_max_tokens(max_tokens)
+    budget = n_ctx - n if max_tokens < 0 else min(max_tokens, n_ctx - n)
+    stats.prompt_tokens = n
+    t0 = time.perf_counter()
+    if budget == 0:
+        stats.stop = "length"
+        return
+    logits = prefill(llama, ids)[-1]
+    t1 = time.perf_counter()
+    stats.prompt_s = t1 - t0
+    history = [int(i) for i in ids]
+    pos = n
+    for i in range(budget):
+        tok = sampler(logits, history)
+        if i == 0:
+            stats.first_token_s = time.perf_counter() - t0
+        if tok in stop_ids:
+            stats.stop = "eos"
+            return
+        history.append(tok)
+        stats.gen_tokens += 1
+        yield tok
+        if i + 1 == budget:
+            break
+        td = time.perf_counter()
+        logits = llama.forward([tok], pos)[-1]
+        stats.decode_s += time.perf_counter() - td
+        stats.decode_steps += 1
+        pos += 1
+    stats.stop = "length" if budget == max_tokens else "context"

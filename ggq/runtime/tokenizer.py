@@ -1,0 +1,165 @@
+"""The tokenizer embedded in a .ggq file (metadata `tokenizer.huggingface.json`).
+
+Encoding and decoding go through the `tokenizers` library, so they are exactly the Hugging Face
+tokenizer's; special tokens written in the text (e.g. "<|im_start|>") are recognised. The chat
+template is rendered with jinja2 the way transformers' apply_chat_template does."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from ..errors import TokenizerError, UsageError
+
+# Tokens that end generation besides eos when present as special tokens (as llama.cpp's EOG set).
+_EOG_TEXTS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>", "<end_of_turn>", "</s>")
+
+
+class Tokenizer:
+    def __init__(self, metadata: dict, source: str = "model"):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        js = metadata.get("tokenizer.huggingface.json")
+        if not js:
+            raise TokenizerError(f"{source}: no embedded tokenizer (metadata tokenizer.huggingface.json)")
+        try:
+            self._tok = HFTokenizer.from_str(js)
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise TokenizerError(f"{source}: embedded tokenizer is unusable: {msg}") from None
+        self.source = source
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        bos = int(metadata.get("tokenizer.bos_token_id", -1))
+        eos = int(metadata.get("tokenizer.eos_token_id", -1))
+        self.bos_id = bos if bos >= 0 else None
+        self.eos_id = eos if eos >= 0 else None
+        self.add_bos = bool(metadata.get("tokenizer.add_bos_token", False)) and self.bos_id is not None
+        self.chat_template = metadata.get("tokenizer.chat_template") or None
+        specials = set()
+        try:
+            specials = {int(k) for k, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        except AttributeError:
+            pass
+        self.special_ids = frozenset(specials)
+        eog = {self.eos_id} if self.eos_id is not None else set()
+        for text in _EOG_TEXTS:
+            i = self._tok.token_to_id(text)
+            if i is not None and i in specials:
+                eog.add(i)
+        self.eog_ids = frozenset(eog)
+
+    # -- encode / decode -----------------------------------------------------------------------
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Token ids of text; special tokens in the text are recognised. BOS prepended when the
+        model asks for it (add_bos None) or when add_bos is True."""
+        if not isinstance(text, str):
+            raise UsageError("text to encode must be a string")
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
+            ids = [self.bos_id] + ids
+        return ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, text: str):
+        return self._tok.token_to_id(text)
+
+    def id_to_token(self, i: int):
+        return self._tok.id_to_token(int(i))
+
+    def token_text(self, i: int) -> str:
+        return self.id_to_token(i) or ""
+
+    def stream(self, skip_special_tokens: bool = False) -> "StreamDecoder":
+        return StreamDecoder(self, skip_special_tokens)
+
+    # -- chat ------------------------------------------------------------------------------------
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Render messages [{"role", "content"}] with the model's template (as transformers)."""
+        if not self.chat_template:
+            raise UsageError(f"{self.source}: the model has no chat template (tokenizer.chat_template)")
+        tmpl = _compile_template(self.chat_template)
+
+        def tok(i):
+            return self.id_to_token(i) if i is not None else None
+
+        try:
+            return tmpl.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                               bos_token=tok(self.bos_id) or "", eos_token=tok(self.eos_id) or "")
+        except TokenizerError:
+            raise
+        except Exception as e:
+            raise TokenizerError(f"{self.source}: chat template failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+    def chat_ids(self, prompt: str, system: str | None = None) -> list[int]:
+        messages = []
+        if system is not None:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": prompt})
+        # transformers tokenizes the rendered chat with add_special_tokens=False
+        return self.encode(self.apply_chat_template(messages, True), add_bos=False)
+
+
+_TEMPLATES: dict = {}
+
+
+def _compile_template(source: str):
+    """jinja2 environment configured like transformers' _compile_jinja_template."""
+    t = _TEMPLATES.get(source)
+    if t is not None:
+        return t
+    import jinja2
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TokenizerError(f"chat template: {message}")
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(fmt):
+        return datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    try:
+        t = env.from_string(source)
+    except jinja2.TemplateError as e:
+        raise TokenizerError(f"chat template does not compile: {e}") from None
+    _TEMPLATES[source] = t
+    return t
+
+
+class StreamDecoder:
+    """Incremental detokenization that never emits a broken UTF-8 sequence.
+
+    Decodes a short window of recent tokens twice (without and with the new token) and emits the
+    difference once it no longer ends in U+FFFD (an incomplete byte sequence). Decoding a window
+    that starts a few tokens back keeps decoders that strip a leading space (SentencePiece)
+    correct; the concatenation of all pieces equals decode(all ids)."""
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False):
+        self.tok = tokenizer
+        self.skip = skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix = 0   # window start
+        self.read = 0     # tokens up to here have been emitted
+
+    def put(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        prev = self.tok.decode(self.ids[self.prefix:self.read], self.skip)
+        new = self.tok.decode(self.ids[self.prefix:], self.skip)
+        if len(new) > len(prev) and not new.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return new[len(prev):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is left (an unfinished byte sequence decodes to U+FFFD)."""
+        prev = self.tok.decode(self.ids[self.prefix:self.read], self.skip)
+        new = self.tok.decode(self.ids[self.prefix:], self.skip)
+        self.prefix = self.read = len(self.ids)
+        return new[len(prev):] if len(new) > len(prev) else ""

@@ -229,6 +229,7 @@ def export_gguf(ggq_path, gguf_path, force: bool = False) -> Path:
             # tokenizer
             w.add_tokenizer_model("gpt2")
             pre = md.get("tokenizer.ggml.pre") or guess_pre_tokenizer(tok) or "default"
+            pre = {"gpt2": "gpt-2"}.get(pre, pre)  # llama.cpp spells GPT-2's pre-tokenizer "gpt-2"
             w.add_tokenizer_pre(str(pre))
             w.add_token_list(tf["tokens"])
             w.add_token_types(tf["token_type"])

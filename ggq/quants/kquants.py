@@ -367,34 +367,21 @@ def _pack_2bit(L, y, qo):
 @njit(cache=True)
 def _pack_k4_scales(ls, lm, y, so):
     """Pack eight 6-bit scales ls and mins lm into 12 bytes (inverse of get_scale_min_k4)."""
-    b = np.zeros(12, np.int64)
-    for j in range(8):
-        s = ls[j]
-        m = lm[j]
-        if j < 4:
-            b[j] = s
-            b[j + 4] = m
-        else:
-            b[j + 4] = (s & 0xF) | ((m & 0xF) << 4)
-            b[j - 4] |= (s >> 4) << 6
-            b[j] |= (m >> 4) << 6
-    for k in range(12):
-        y[so + k] = b[k] & 0xFF
+    for j in range(4):
+        # bytes 0-3: low 6 bits scale j, top 2 bits = high bits of scale j+4; 4-7 same for mins
+        y[so + j] = (ls[j] & 63) | ((ls[j + 4] >> 4) << 6)
+        y[so + j + 4] = (lm[j] & 63) | ((lm[j + 4] >> 4) << 6)
+        y[so + j + 8] = (ls[j + 4] & 0xF) | ((lm[j + 4] & 0xF) << 4)
 
 
 @njit(cache=True)
 def _pack_q3_scales(codes, y, so):
     """Pack sixteen 6-bit codes (0..63) into Q3_K's 12 scale bytes."""
-    b = np.zeros(12, np.int64)
-    for j in range(16):
-        l = codes[j]
-        if j < 8:
-            b[j] = l & 0xF
-        else:
-            b[j - 8] |= (l & 0xF) << 4
-        b[j % 4 + 8] |= (l >> 4) << (2 * (j // 4))
-    for k in range(12):
-        y[so + k] = b[k] & 0xFF
+    for k in range(8):
+        y[so + k] = (codes[k] & 0xF) | ((codes[k + 8] & 0xF) << 4)
+    for k in range(4):
+        y[so + 8 + k] = (((codes[k] >> 4) & 3) | (((codes[k + 4] >> 4) & 3) << 2)
+                         | (((codes[k + 8] >> 4) & 3) << 4) | (((codes[k + 12] >> 4) & 3) << 6))
 
 
 @njit(cache=True)

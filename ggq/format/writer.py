@@ -96,7 +96,7 @@ def _encode_scalar(vt: int, value) -> bytes:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"expected a number, got {type(value).__name__}")
     v = float(value)
-    if vt == L.F32 and math.isfinite(v) and not math.isfinite(float(np.float32(v))):
+    if vt == L.F32 and math.isfinite(v) and abs(v) > float(np.finfo(np.float32).max):
         raise ValueError(f"{v} overflows f32")
     return struct.pack(fmt, v)
 

@@ -508,6 +508,7 @@ class SafetensorsSource(Source):
         else:
             files = [path]
 
+        headers = [(f, *read_safetensors_header(f)) for f in files]  # weights file checked first
         cfg = _read_json(folder / "config.json", "config.json")
         if cfg is None:
             raise ConvertError(f"{path.name}: no config.json next to the weights (in {folder})")
@@ -522,8 +523,7 @@ class SafetensorsSource(Source):
         self._files = files
         tensors: dict[str, SourceTensor] = {}
         lm_head = None
-        for f in files:
-            data_start, entries = read_safetensors_header(f)
+        for f, data_start, entries in headers:
             for key, e in entries.items():
                 if key.endswith("rotary_emb.inv_freq"):
                     continue  # recomputed from rope_theta

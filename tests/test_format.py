@@ -1,5 +1,4 @@
 """Round trips through GGQWriter / GGQReader, layout rules, and the writer's atomicity."""
-import os
 import struct
 import zlib
 

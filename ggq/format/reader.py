@@ -153,7 +153,13 @@ def _read_metadata(cur: _Cursor, count: int) -> tuple[dict, dict]:
 
 
 class GGQReader:
-    """Read-only view of a .ggq file. Use as a context manager or call close()."""
+    """Read-only view of a .ggq file. Use as a context manager or call close().
+
+    metadata: {key: value} in file order, plain Python values: int, float (f32 widened
+    exactly to a Python float), bool, str, and arrays as Python lists. metadata_types gives
+    each key's stored type name ("u32", "f32", "string", "array[string]", ...).
+    check_header_crc=False opens a file whose header checksum fails (verify() then reports
+    "<header>"); the structure is validated either way."""
 
     def __init__(self, path, check_header_crc: bool = True):
         self.path = os.fspath(path)

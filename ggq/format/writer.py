@@ -189,7 +189,7 @@ class GGQWriter:
         """Typed metadata. Inference: bool->bool, int->i64, float->f64, str->string,
         numpy scalars keep their dtype, list/tuple/1-D ndarray -> typed array. vtype names a
         type explicitly: 'u8' 'i8' 'u16' 'i16' 'u32' 'i32' 'u64' 'i64' 'f32' 'f64' 'bool'
-        'string', or 'array[u32]' etc. (a scalar type name with a list means its array)."""
+        'string' (alias 'str'), or 'array[u32]' etc. (a scalar type name with a list means its array)."""
         self._check_planning("add metadata")
         if not isinstance(key, str):
             raise self._fail(f"metadata key must be a string, got {type(key).__name__}")

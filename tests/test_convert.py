@@ -327,3 +327,18 @@ def test_cli_summary(tiny_hf_dir, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "model.q8_0.ggq").exists()  # default output: INPUT stem + .<preset>.ggq in cwd
     for word in ("params", "bits/weight", "size before", "estimate", "measured", "elapsed"):
         assert word in out
+
+
+def test_imatrix_is_used_and_recorded(tiny_hf_dir, tmp_path):
+    im = {"blk.0.ffn_up.weight": np.linspace(0.1, 10.0, 64).astype(np.float32)}
+    np.savez(tmp_path / "im.npz", **im)
+    out = tmp_path / "i.ggq"
+    rep = convert_model(tiny_hf_dir, out, preset="q4_0", imatrix=tmp_path / "im.npz", progress=False)
+    m = {e.name: e.method for e in rep.entries}
+    assert m["blk.0.ffn_up.weight"] == "imatrix" and m["blk.1.ffn_up.weight"] == "rtn-search"
+    with GGQReader(out) as f:
+        assert f.metadata["quantization.imatrix"] is True
+        assert json.loads(f.metadata["quantization.tensor_methods"])["blk.0.ffn_up.weight"]["method"] == "imatrix"
+    with pytest.raises(ConvertError, match="expected 64"):
+        convert_model(tiny_hf_dir, tmp_path / "j.ggq", preset="q4_0", dry_run=True,
+                      imatrix={"blk.0.ffn_up.weight": np.ones(3)})

@@ -251,7 +251,7 @@ def convert_model(input, output=None, preset: str | None = None, overrides=(), f
             raise ConvertError(f"{out_path}: output would overwrite the input")
         if out_path.is_dir():
             raise ConvertError(f"{out_path}: output is a folder; give a file name such as model.ggq")
-        if not force and os.path.lexists(out_path):
+        if not force and not dry_run and os.path.lexists(out_path):
             raise ConvertError(f"{out_path} already exists; refusing to overwrite it (use --force)")
         if dry_run:
             report.elapsed_s = time.monotonic() - t0

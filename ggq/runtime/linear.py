@@ -1,0 +1,142 @@
+"""Weight matmul dispatch: y = x @ W.T with W quantized (never dequantized whole).
+
+- n == 1 (decode): one fused matvec kernel call (ggq.kernels.MATVEC). For the block types
+  the activation vector is quantized to int8 per 32 (as llama.cpp does), which costs a
+  relative error of roughly 1e-2 of the output scale; pass exact=True for float math.
+- n > 1 (prompt, perplexity): tiles of rows are dequantized into a reused float32 buffer
+  and multiplied with BLAS (x @ tile.T written into the output columns).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..errors import QuantError
+from ..kernels import DEQUANT, MATVEC
+from ..kernels.floats import VIEW
+
+TILE_FLOATS = 1 << 17  # tile size in floats (512 KiB: stays in L2 while BLAS reads it)
+
+_local = threading.local()
+
+
+def _name(qtype) -> str:
+    name = qtype if isinstance(qtype, str) else getattr(qtype, "name", None)
+    if not isinstance(name, str):
+        raise QuantError(f"linear: bad quant type {qtype!r}")
+    name = name.upper()
+    if name not in DEQUANT and name != "F32":
+        raise QuantError(f"linear: no kernel for quant type {name}")
+    return name
+
+
+def _tile(rows: int, cols: int) -> np.ndarray:
+    """Per-thread reused float32 buffer of at least rows x cols."""
+    buf = getattr(_local, "buf", None)
+    need = rows * cols
+    if buf is None or buf.size < need:
+        buf = np.empty(max(need, TILE_FLOATS), np.float32)
+        _local.buf = buf
+    return buf[:need].reshape(rows, cols)
+
+
+def _prep_w(name: str, w: np.ndarray, cols: int) -> np.ndarray:
+    if not isinstance(w, np.ndarray) or w.dtype != np.uint8 or w.ndim != 2:
+        raise QuantError(f"linear: weights must be a 2-D uint8 array, got "
+                         f"{getattr(w, 'dtype', type(w))} {getattr(w, 'shape', '')}")
+    if not w.flags.c_contiguous:
+        w = np.ascontiguousarray(w)
+    if name in VIEW:
+        w = w.view(VIEW[name])
+        if w.shape[1] != cols:
+            raise QuantError(f"linear: {name} rows hold {w.shape[1]} values, expected {cols}")
+    if w.flags.writeable:
+        # one compiled signature per kernel: mmap views are read-only, so make all read-only
+        w = w.view()
+        w.flags.writeable = False
+    return w
+
+
+def _check_rows(name, qtype, w, cols):
+    if name in VIEW:
+        return
+    from ..quants import get_type
+    rb = get_type(qtype if not isinstance(qtype, str) else name).row_bytes(cols)
+    if w.shape[1] != rb:
+        raise QuantError(f"linear: {name} weight rows are {w.shape[1]} bytes, expected {rb} for {cols} columns")
+
+
+def linear(qtype, w: np.ndarray, cols: int, x: np.ndarray, out: np.ndarray | None = None,
+           exact: bool = False) -> np.ndarray:
+    """x float32 (n, cols) -> float32 (n, rows) = x @ W.T; W: uint8 (rows, row_bytes)."""
+    name = _name(qtype)
+    w = _prep_w(name, w, cols)
+    _check_rows(name, qtype, w, cols)
+    rows = w.shape[0]
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    if x.ndim != 2 or x.shape[1] != cols:
+        raise QuantError(f"linear: activations of shape {x.shape}, expected (n, {cols})")
+    if x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
+        x = np.array(x, dtype=np.float32, order="C")  # copy: one signature, contiguous rows
+    n = x.shape[0]
+    if out is None:
+        out = np.empty((n, rows), np.float32)
+    elif out.shape != (n, rows) or out.dtype != np.float32:
+        raise QuantError(f"linear: out has shape {out.shape} {out.dtype}, expected ({n}, {rows}) float32")
+
+    if name == "F32":
+        np.matmul(x, w.T, out=out)
+    elif n == 1 and not exact and out.flags.c_contiguous:
+        MATVEC[name](w, x[0], out[0])
+    else:
+        _tiled(name, w, cols, x, out)
+    return out
+
+
+def _tiled(name, w, cols, x, out):
+    rows = w.shape[0]
+    step = max(16, min(rows, TILE_FLOATS // cols))
+    deq = DEQUANT[name]
+    tile = _tile(min(step, rows), cols)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        t = tile[: r1 - r0]
+        deq(w, r0, r1, t)
+        np.matmul(x, t.T, out=out[:, r0:r1])
+
+
+def dequantize_rows(qtype, w: np.ndarray, cols: int, r0: int, r1: int,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """float32 (r1-r0, cols): exact decode of rows r0..r1 of W."""
+    name = _name(qtype)
+    w = _prep_w(name, w, cols)
+    _check_rows(name, qtype, w, cols)
+    r0, r1 = int(r0), int(r1)
+    if not 0 <= r0 <= r1 <= w.shape[0]:
+        raise QuantError(f"dequantize_rows: rows {r0}..{r1} out of range 0..{w.shape[0]}")
+    if out is None:
+        out = np.empty((r1 - r0, cols), np.float32)
+    elif out.shape != (r1 - r0, cols) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise QuantError(f"dequantize_rows: out must be C-contiguous float32 ({r1 - r0}, {cols})")
+    if r1 == r0:
+        return out
+    if name == "F32":
+        out[...] = w[r0:r1]
+    else:
+        DEQUANT[name](w, r0, r1, out)
+    return out
+
+
+def embedding_rows(qtype, w: np.ndarray, cols: int, ids) -> np.ndarray:
+    """float32 (len(ids), cols): the rows of W for the token ids (embedding lookup)."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    rows = w.shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= rows):
+        raise QuantError(f"embedding_rows: token id out of range 0..{rows - 1}")
+    out = np.empty((ids.size, cols), np.float32)
+    for i, t in enumerate(ids.tolist()):
+        dequantize_rows(qtype, w, cols, t, t + 1, out[i:i + 1])
+    return out

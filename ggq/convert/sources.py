@@ -603,7 +603,16 @@ class GGUFSource(Source):
         md = dict(md)
         md.setdefault("general.name", path.stem)
         stype = md.get("llama.rope.scaling.type")
-        if stype not in (None, "none", "linear"):
+        # llama3 scaling: llama.cpp stores only the rope_freqs tensor; ggq's GGUF export also
+        # keeps the parameters under ggq.rope.scaling.*, which we need to rebuild the config.
+        g3 = "ggq.rope.scaling."
+        self._llama3 = md.get(g3 + "type") == "llama3"
+        if self._llama3:
+            stype = md["llama.rope.scaling.type"] = "llama3"
+            for k in ("factor", "low_freq_factor", "high_freq_factor", "original_context_length"):
+                if g3 + k in md:
+                    md["llama.rope.scaling." + k] = md[g3 + k]
+        elif stype not in (None, "none", "linear"):
             raise ConvertError(f"{path.name}: rope scaling {stype!r} is not supported in GGUF input")
         if stype == "linear":
             md["llama.rope.scaling.factor"] = float(md.get("llama.rope.scaling.factor", 1.0))
@@ -616,6 +625,14 @@ class GGUFSource(Source):
         from .tokenizer_gguf import tokenizer_from_gguf
         tk = tokenizer_from_gguf(r, path.name)
         self.tokenizer_json = tk.json
+        hf_json = md.get("tokenizer.huggingface.json")  # standard GGUF key: the original file wins
+        if isinstance(hf_json, str) and hf_json:
+            try:
+                from tokenizers import Tokenizer
+                Tokenizer.from_str(hf_json)
+                self.tokenizer_json = hf_json
+            except Exception:
+                pass  # unusable embedded copy: keep the one rebuilt from tokenizer.ggml.*
         self.bos_token_id, self.eos_token_id = tk.bos_token_id, tk.eos_token_id
         self.add_bos_token, self.ggml_pre = tk.add_bos_token, tk.pre
         ct = md.get("tokenizer.chat_template")
@@ -626,6 +643,8 @@ class GGUFSource(Source):
         self._rt = {}
         for t in r.tensors:
             if t.name == "rope_freqs.weight":
+                if self._llama3:
+                    continue  # recomputed from the llama3 parameters
                 raise ConvertError(f"{path.name}: llama3 rope scaling (rope_freqs.weight) is not supported")
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
             if len(shape) > 2:

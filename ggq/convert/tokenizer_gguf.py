@@ -86,6 +86,7 @@ def tokenizer_from_gguf(reader, where: str) -> GGUFTokenizer:
     add_bos = bool(_scalar(reader, "tokenizer.ggml.add_bos_token", False)) and bos >= 0
     pre = _scalar(reader, "tokenizer.ggml.pre")
     pre = pre if isinstance(pre, str) else None
+    pre = {"gpt-2": "gpt2", "default": None}.get(pre, pre)  # llama.cpp spells GPT-2's "gpt-2"
 
     vocab: dict[str, int] = {}
     for i, t in enumerate(tokens):

@@ -342,3 +342,21 @@ def test_imatrix_is_used_and_recorded(tiny_hf_dir, tmp_path):
     with pytest.raises(ConvertError, match="expected 64"):
         convert_model(tiny_hf_dir, tmp_path / "j.ggq", preset="q4_0", dry_run=True,
                       imatrix={"blk.0.ffn_up.weight": np.ones(3)})
+
+
+def test_ggq_gguf_ggq_round_trip(tiny_hf_dir, tmp_path):
+    from ggq.gguf_io import export_gguf
+    a = tmp_path / "a.ggq"
+    convert_model(tiny_hf_dir, a, preset="q4_0", progress=False)
+    export_gguf(a, tmp_path / "a.gguf")
+    b = tmp_path / "b.ggq"
+    rep = convert_model(tmp_path / "a.gguf", b, progress=False)
+    assert {e.method for e in rep.entries} == {"copied"}
+    with GGQReader(a) as fa, GGQReader(b) as fb:
+        assert list(fa.tensors) == list(fb.tensors)
+        for n in fa.tensors:
+            assert np.array_equal(fa.raw(n), fb.raw(n)), n
+        skip = {"general.source", "general.preset", "quantization.tensor_methods", "tokenizer.huggingface.json"}
+        for k in set(fa.metadata) | set(fb.metadata):
+            if k not in skip:
+                assert fa.metadata.get(k) == fb.metadata.get(k), k

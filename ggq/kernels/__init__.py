@@ -11,7 +11,13 @@ from . import floats, kquants, legacy
 MATVEC = {**floats.MATVEC, **legacy.MATVEC, **kquants.MATVEC}
 DEQUANT = {**floats.DEQUANT, **legacy.DEQUANT, **kquants.DEQUANT}
 
+# (elements, bytes) per block, GGML layouts: lets the runtime validate row sizes on its own
+BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2),
+         "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
+         "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176),
+         "Q6_K": (256, 210)}
+
 # matvec kernels that quantize the activation vector to int8 (the others are exact float math)
 INT8_ACTIVATIONS = frozenset(legacy.MATVEC) | frozenset(kquants.MATVEC)
 
-__all__ = ["MATVEC", "DEQUANT", "INT8_ACTIVATIONS"]
+__all__ = ["MATVEC", "DEQUANT", "INT8_ACTIVATIONS", "BLOCK"]

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from ..errors import QuantError
-from ..kernels import DEQUANT, MATVEC
+from ..kernels import BLOCK, DEQUANT, MATVEC
 from ..kernels.floats import VIEW
 
 TILE_FLOATS = 1 << 17  # tile size in floats (512 KiB: stays in L2 while BLAS reads it)
@@ -48,9 +48,10 @@ def _prep_w(name: str, w: np.ndarray, cols: int) -> np.ndarray:
     if not w.flags.c_contiguous:
         w = np.ascontiguousarray(w)
     if name in VIEW:
+        size = np.dtype(VIEW[name]).itemsize
+        if w.shape[1] != cols * size:
+            raise QuantError(f"linear: {name} weight rows are {w.shape[1]} bytes, expected {cols * size}")
         w = w.view(VIEW[name])
-        if w.shape[1] != cols:
-            raise QuantError(f"linear: {name} rows hold {w.shape[1]} values, expected {cols}")
     if w.flags.writeable:
         # one compiled signature per kernel: mmap views are read-only, so make all read-only
         w = w.view()
@@ -61,8 +62,10 @@ def _prep_w(name: str, w: np.ndarray, cols: int) -> np.ndarray:
 def _check_rows(name, qtype, w, cols):
     if name in VIEW:
         return
-    from ..quants import get_type
-    rb = get_type(qtype if not isinstance(qtype, str) else name).row_bytes(cols)
+    bs, ts = BLOCK[name]
+    if cols <= 0 or cols % bs:
+        raise QuantError(f"linear: {name} needs columns in multiples of {bs}, got {cols}")
+    rb = cols // bs * ts
     if w.shape[1] != rb:
         raise QuantError(f"linear: {name} weight rows are {w.shape[1]} bytes, expected {rb} for {cols} columns")
 

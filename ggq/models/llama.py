@@ -21,28 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import ModelError, UsageError
-
-try:
-    from ..runtime.linear import linear as _linear
-except ImportError:  # linear.py not landed yet: dequantize per call (slow, temporary)
-    _linear = None
-try:
-    from ..runtime.linear import embedding_rows as _embedding_rows
-except ImportError:
-    _embedding_rows = None
-
-
-def linear(qtype, raw, cols, x):
-    if _linear is not None:
-        return _linear(qtype, raw, cols, x)
-    return x @ qtype.dequantize(raw, cols).T
-
-
-def embedding_rows(qtype, raw, cols, ids):
-    if _embedding_rows is not None:
-        return _embedding_rows(qtype, raw, cols, ids)
-    # Only the looked-up rows are decoded.
-    return qtype.dequantize(np.ascontiguousarray(raw[ids]), cols)
+from ..runtime.linear import embedding_rows, linear
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +227,7 @@ def attention_blas(q, cache_k, cache_v, start, n_heads, n_kv_heads, head_dim, sc
 
 class Matrix:
     """A weight matrix as stored: quant type + uint8 rows view of the mmap."""
-    __slots__ = ("name", "qtype", "raw", "rows", "cols")
+    __slots__ = ("name", "qtype", "raw", "rows", "cols", "exact")
 
     def __init__(self, reader, name, shape, source):
         info = reader.tensors.get(name)
@@ -261,9 +240,10 @@ class Matrix:
         self.name, self.qtype = name, info.qtype
         self.rows, self.cols = int(shape[0]), int(shape[1])
         self.raw = reader.raw(name)
+        self.exact = False
 
     def __call__(self, x):
-        return linear(self.qtype, self.raw, self.cols, x)
+        return linear(self.qtype, self.raw, self.cols, x, exact=self.exact)
 
 
 def _vector(reader, name, n, source):
@@ -329,6 +309,19 @@ class Llama:
         self.cache_k = np.zeros(shape, dtype=np.float32)
         self.cache_v = np.zeros(shape, dtype=np.float32)
         self.scale = np.float32(1.0 / math.sqrt(hd))
+
+    def set_exact(self, exact: bool) -> None:
+        """exact=True: float activations in decode too (by default one-token matvecs quantize the
+        activations to 8 bits per 32, like llama.cpp; prompt batches are always float)."""
+        for m in self.matrices():
+            m.exact = bool(exact)
+
+    def matrices(self):
+        yield self.embed
+        if self.output is not self.embed:
+            yield self.output
+        for L in self.layers:
+            yield from (L.wq, L.wk, L.wv, L.wo, L.gate, L.up, L.down)
 
     @property
     def vocab_size(self) -> int:

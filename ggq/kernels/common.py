@@ -151,3 +151,102 @@ def quantize_act(x, xq, xd, xs):
         inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
         for k in range(QK):
             xq[b * QK + k] = np.int16(np.round(x[b * QK + k] * inv))
+
+
+# ---------------------------------------------------------------------------------------
+# decode-and-dot intrinsics: the bit extraction happens in vector registers (a scratch
+# buffer would cost a store-forwarding stall per block). Scalar arguments are constants or
+# loop-invariant at the call sites, so LLVM folds the splats.
+
+def _splat(builder, val, ty, n):
+    v = builder.insert_element(ir.Constant(ir.VectorType(ty, n), ir.Undefined), val, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
+
+
+def _load_u8(context, builder, aty, ary, off, n):
+    p = _arr_ptr(context, builder, aty, ary, off)
+    v = builder.load(builder.bitcast(p, ir.VectorType(ir.IntType(8), n).as_pointer()), align=1)
+    return builder.zext(v, ir.VectorType(ir.IntType(16), n))
+
+
+def _int_dot(context, builder, v16, xty, xa, xoff, lane_scale=None):
+    """sum over 32 lanes of v16 (<32 x i16>) * xq[xoff:xoff+32] (int16), optionally each
+    pair-sum times lane_scale (<16 x i32>); returns i32."""
+    i32 = ir.IntType(32)
+    px = _arr_ptr(context, builder, xty, xa, xoff)
+    lx = builder.load(builder.bitcast(px, ir.VectorType(ir.IntType(16), 32).as_pointer()), align=2)
+    v32 = ir.VectorType(i32, 32)
+    m = builder.mul(builder.sext(v16, v32), builder.sext(lx, v32))
+    idx = ir.VectorType(i32, 16)
+    s = builder.add(builder.shuffle_vector(m, m, ir.Constant(idx, [2 * i for i in range(16)])),
+                    builder.shuffle_vector(m, m, ir.Constant(idx, [2 * i + 1 for i in range(16)])))
+    if lane_scale is not None:
+        s = builder.mul(s, lane_scale)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [ir.VectorType(i32, 16)]),
+                                        "llvm.vector.reduce.add.v16i32")
+    return builder.call(fn, [s])
+
+
+def _ok(*arrs):
+    return all(isinstance(a, types.Array) for a in arrs)
+
+
+@intrinsic
+def dot_nib(typingctx, wa, off, qh, bias, xa, xoff):
+    """Legacy 4/5-bit block: 16 bytes at w[off] hold elements l (low nibble) and l+16 (high
+    nibble); bit l of qh is bit 4 of element l. Returns sum_l (q_l - bias) * xq[xoff+l]."""
+    if not _ok(wa, xa):
+        return None
+    sig = types.int32(wa, types.intp, types.uint32, types.intp, xa, types.intp)
+
+    def codegen(context, builder, signature, args):
+        wty, _, _, _, xty, _ = signature.args
+        w, o, h, b, x, xo = args
+        i16 = ir.IntType(16)
+        v = _load_u8(context, builder, wty, w, o, 16)
+        lo = builder.and_(v, _splat(builder, ir.Constant(i16, 15), i16, 16))
+        hi = builder.lshr(v, _splat(builder, ir.Constant(i16, 4), i16, 16))
+        q = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), 32), list(range(32))))
+        i32 = ir.IntType(32)
+        hv = _splat(builder, h, i32, 32)
+        hb = builder.and_(builder.lshr(hv, ir.Constant(ir.VectorType(i32, 32), list(range(32)))),
+                          _splat(builder, ir.Constant(i32, 1), i32, 32))
+        hb = builder.shl(builder.trunc(hb, ir.VectorType(i16, 32)), _splat(builder, ir.Constant(i16, 4), i16, 32))
+        q = builder.or_(q, hb)
+        q = builder.sub(q, _splat(builder, builder.trunc(b, i16), i16, 32))
+        return _int_dot(context, builder, q, xty, x, xo)
+
+    return sig, codegen
+
+
+@intrinsic
+def dot_k(typingctx, wa, aoff, sa, ma, boff, sb, mb, shb, bias, s_lo, s_hi, xa, xoff):
+    """k-quant 32-element chunk: q_l = ((w[aoff+l] >> sa) & ma) | (((w[boff+l] >> sb) & mb) << shb)
+    - bias; returns sum_l s(l) * q_l * xq[xoff+l], s = s_lo for l < 16 else s_hi (int32)."""
+    if not _ok(wa, xa):
+        return None
+    ip = types.intp
+    sig = types.int32(wa, ip, ip, ip, ip, ip, ip, ip, ip, types.int32, types.int32, xa, ip)
+
+    def codegen(context, builder, signature, args):
+        wty = signature.args[0]
+        xty = signature.args[11]
+        w, ao, sa_, ma_, bo, sb_, mb_, shb_, bias_, slo, shi, x, xo = args
+        i16 = ir.IntType(16)
+        i32 = ir.IntType(32)
+        n = 32
+
+        def sp(v):
+            return _splat(builder, builder.trunc(v, i16), i16, n)
+
+        a = _load_u8(context, builder, wty, w, ao, n)
+        q = builder.and_(builder.lshr(a, sp(sa_)), sp(ma_))
+        b = _load_u8(context, builder, wty, w, bo, n)
+        hb = builder.shl(builder.and_(builder.lshr(b, sp(sb_)), sp(mb_)), sp(shb_))
+        q = builder.sub(builder.or_(q, hb), sp(bias_))
+        lo = _splat(builder, slo, i32, 8)
+        hi = _splat(builder, shi, i32, 8)
+        scale = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, 16), list(range(16))))
+        return _int_dot(context, builder, q, xty, x, xo, scale)
+
+    return sig, codegen

@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .common import QK, f16, dot32, quantize_act
+from .common import QK, dot_k, f16, quantize_act
 
 QKK = 256
 G = 4          # rows per matvec iteration
-NCHUNK = 64    # prange chunks (scratch allocated once per chunk)
+NCHUNK = 64    # dequantize: prange chunks (scratch allocated once per chunk)
 
 
 @njit(inline="always")
@@ -140,23 +140,6 @@ def _dec_q2_k(w, o, q, qo, mn, mo):
 
 
 @njit(inline="always")
-def _sb_dot(q, qo, mn, mo, d, dmin, xq, xd, xs, sb):
-    """contribution of one decoded super-block (sb = its index along the row)"""
-    acc = np.float32(0.0)
-    for c in range(8):
-        b = sb * 8 + c
-        acc += xd[b] * np.float32(dot32(q, qo + 32 * c, xq, b * QK))
-    macc = np.float32(0.0)
-    if dmin != 0:
-        for s in range(16):
-            macc += np.float32(mn[mo + s]) * xs[sb * 16 + s]
-    return d * acc - dmin * macc
-
-
-# ---------------------------------------------------------------------------------------
-# matvec (written out per type so each compiles and caches only when a model uses it)
-
-@njit(inline="always")
 def _prologue(x):
     nb = x.size // QK
     xq = np.empty(x.size, np.int16)
@@ -166,44 +149,183 @@ def _prologue(x):
     return xq, xd, xs
 
 
+@njit(inline="always")
+def _xs32(xs, b):
+    return xs[2 * b] + xs[2 * b + 1]
+
+
+@njit(inline="always")
+def _sb_q4_k(w, o, xq, xd, xs, sb):
+    acc = np.float32(0.0)
+    macc = np.float32(0.0)
+    for j in range(4):
+        sc1, m1 = _scale_min_k4(w, o + 4, 2 * j)
+        sc2, m2 = _scale_min_k4(w, o + 4, 2 * j + 1)
+        b = 8 * sb + 2 * j
+        a = o + 16 + 32 * j
+        acc += xd[b] * np.float32(dot_k(w, a, 0, 15, a, 0, 0, 0, 0, sc1, sc1, xq, b * QK))
+        acc += xd[b + 1] * np.float32(dot_k(w, a, 4, 15, a, 0, 0, 0, 0, sc2, sc2, xq, (b + 1) * QK))
+        macc += np.float32(m1) * _xs32(xs, b) + np.float32(m2) * _xs32(xs, b + 1)
+    return f16(w[o], w[o + 1]) * acc - f16(w[o + 2], w[o + 3]) * macc
+
+
+@njit(inline="always")
+def _sb_q5_k(w, o, xq, xd, xs, sb):
+    acc = np.float32(0.0)
+    macc = np.float32(0.0)
+    for j in range(4):
+        sc1, m1 = _scale_min_k4(w, o + 4, 2 * j)
+        sc2, m2 = _scale_min_k4(w, o + 4, 2 * j + 1)
+        b = 8 * sb + 2 * j
+        a = o + 48 + 32 * j
+        acc += xd[b] * np.float32(dot_k(w, a, 0, 15, o + 16, 2 * j, 1, 4, 0, sc1, sc1, xq, b * QK))
+        acc += xd[b + 1] * np.float32(dot_k(w, a, 4, 15, o + 16, 2 * j + 1, 1, 4, 0, sc2, sc2, xq, (b + 1) * QK))
+        macc += np.float32(m1) * _xs32(xs, b) + np.float32(m2) * _xs32(xs, b + 1)
+    return f16(w[o], w[o + 1]) * acc - f16(w[o + 2], w[o + 3]) * macc
+
+
+@njit(inline="always")
+def _sb_q6_k(w, o, xq, xd, xs, sb):
+    acc = np.float32(0.0)
+    for n in range(2):
+        ql = o + 64 * n
+        qh = o + 128 + 32 * n
+        sc = o + 192 + 8 * n
+        for t in range(4):
+            b = 8 * sb + 4 * n + t
+            s0 = np.int32(np.int8(w[sc + 2 * t]))
+            s1 = np.int32(np.int8(w[sc + 2 * t + 1]))
+            dot = dot_k(w, ql + 32 * (t & 1), 4 * (t >> 1), 15, qh, 2 * t, 3, 4, 32, s0, s1, xq, b * QK)
+            acc += xd[b] * np.float32(dot)
+    return f16(w[o + 208], w[o + 209]) * acc
+
+
+@njit(inline="always")
+def _sb_q3_k(w, o, xq, xd, xs, sb):
+    acc = np.float32(0.0)
+    for n in range(2):
+        for j in range(4):
+            b = 8 * sb + 4 * n + j
+            s0 = _q3_scale(w, o + 96, 8 * n + 2 * j)
+            s1 = _q3_scale(w, o + 96, 8 * n + 2 * j + 1)
+            dot = dot_k(w, o + 32 + 32 * n, 2 * j, 3, o, 4 * n + j, 1, 2, 4, s0, s1, xq, b * QK)
+            acc += xd[b] * np.float32(dot)
+    return f16(w[o + 108], w[o + 109]) * acc
+
+
+@njit(inline="always")
+def _sb_q2_k(w, o, xq, xd, xs, sb):
+    acc = np.float32(0.0)
+    macc = np.float32(0.0)
+    for n in range(2):
+        for j in range(4):
+            b = 8 * sb + 4 * n + j
+            i = 8 * n + 2 * j
+            c0 = np.int32(w[o + i])
+            c1 = np.int32(w[o + i + 1])
+            a = o + 16 + 32 * n
+            dot = dot_k(w, a, 2 * j, 3, a, 0, 0, 0, 0, c0 & 15, c1 & 15, xq, b * QK)
+            acc += xd[b] * np.float32(dot)
+            macc += np.float32(c0 >> 4) * xs[16 * sb + i] + np.float32(c1 >> 4) * xs[16 * sb + i + 1]
+    return f16(w[o + 80], w[o + 81]) * acc - f16(w[o + 82], w[o + 83]) * macc
+
+
+# ---------------------------------------------------------------------------------------
+# matvec: the same body per type, written out so each compiles (and caches) on its own,
+# only when a model uses it. 4 rows per iteration; the last group's extra rows are clamped
+# to rows-1 (recomputed, written once).
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q2_k(w, x, y):
+    rows, rb = w.shape
+    nsb = x.size // QKK
+    xq, xd, xs = _prologue(x)
+    wf = w.reshape(-1)
+    for g in prange((rows + G - 1) // G):
+        r0 = g * G
+        o0 = r0 * rb
+        o1 = min(r0 + 1, rows - 1) * rb
+        o2 = min(r0 + 2, rows - 1) * rb
+        o3 = min(r0 + 3, rows - 1) * rb
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for sb in range(nsb):
+            bo = sb * 84
+            a0 += _sb_q2_k(wf, o0 + bo, xq, xd, xs, sb)
+            a1 += _sb_q2_k(wf, o1 + bo, xq, xd, xs, sb)
+            a2 += _sb_q2_k(wf, o2 + bo, xq, xd, xs, sb)
+            a3 += _sb_q2_k(wf, o3 + bo, xq, xd, xs, sb)
+        y[r0] = a0
+        if r0 + 1 < rows:
+            y[r0 + 1] = a1
+        if r0 + 2 < rows:
+            y[r0 + 2] = a2
+        if r0 + 3 < rows:
+            y[r0 + 3] = a3
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q3_k(w, x, y):
+    rows, rb = w.shape
+    nsb = x.size // QKK
+    xq, xd, xs = _prologue(x)
+    wf = w.reshape(-1)
+    for g in prange((rows + G - 1) // G):
+        r0 = g * G
+        o0 = r0 * rb
+        o1 = min(r0 + 1, rows - 1) * rb
+        o2 = min(r0 + 2, rows - 1) * rb
+        o3 = min(r0 + 3, rows - 1) * rb
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for sb in range(nsb):
+            bo = sb * 110
+            a0 += _sb_q3_k(wf, o0 + bo, xq, xd, xs, sb)
+            a1 += _sb_q3_k(wf, o1 + bo, xq, xd, xs, sb)
+            a2 += _sb_q3_k(wf, o2 + bo, xq, xd, xs, sb)
+            a3 += _sb_q3_k(wf, o3 + bo, xq, xd, xs, sb)
+        y[r0] = a0
+        if r0 + 1 < rows:
+            y[r0 + 1] = a1
+        if r0 + 2 < rows:
+            y[r0 + 2] = a2
+        if r0 + 3 < rows:
+            y[r0 + 3] = a3
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q4_k(w, x, y):
     rows, rb = w.shape
     nsb = x.size // QKK
     xq, xd, xs = _prologue(x)
     wf = w.reshape(-1)
-    ng = (rows + G - 1) // G
-    nch = min(ng, NCHUNK)
-    for c in prange(nch):
-        q = np.empty(G * QKK, np.int16)
-        mn = np.empty(G * 16, np.int32)
-        for g in range(c * ng // nch, (c + 1) * ng // nch):
-            r0 = g * G
-            o0 = r0 * rb
-            o1 = min(r0 + 1, rows - 1) * rb
-            o2 = min(r0 + 2, rows - 1) * rb
-            o3 = min(r0 + 3, rows - 1) * rb
-            a0 = np.float32(0.0)
-            a1 = np.float32(0.0)
-            a2 = np.float32(0.0)
-            a3 = np.float32(0.0)
-            for sb in range(nsb):
-                bo = sb * 144
-                d, m = _dec_q4_k(wf, o0 + bo, q, 0, mn, 0)
-                a0 += _sb_dot(q, 0, mn, 0, d, m, xq, xd, xs, sb)
-                d, m = _dec_q4_k(wf, o1 + bo, q, 256, mn, 16)
-                a1 += _sb_dot(q, 256, mn, 16, d, m, xq, xd, xs, sb)
-                d, m = _dec_q4_k(wf, o2 + bo, q, 512, mn, 32)
-                a2 += _sb_dot(q, 512, mn, 32, d, m, xq, xd, xs, sb)
-                d, m = _dec_q4_k(wf, o3 + bo, q, 768, mn, 48)
-                a3 += _sb_dot(q, 768, mn, 48, d, m, xq, xd, xs, sb)
-            y[r0] = a0
-            if r0 + 1 < rows:
-                y[r0 + 1] = a1
-            if r0 + 2 < rows:
-                y[r0 + 2] = a2
-            if r0 + 3 < rows:
-                y[r0 + 3] = a3
+    for g in prange((rows + G - 1) // G):
+        r0 = g * G
+        o0 = r0 * rb
+        o1 = min(r0 + 1, rows - 1) * rb
+        o2 = min(r0 + 2, rows - 1) * rb
+        o3 = min(r0 + 3, rows - 1) * rb
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for sb in range(nsb):
+            bo = sb * 144
+            a0 += _sb_q4_k(wf, o0 + bo, xq, xd, xs, sb)
+            a1 += _sb_q4_k(wf, o1 + bo, xq, xd, xs, sb)
+            a2 += _sb_q4_k(wf, o2 + bo, xq, xd, xs, sb)
+            a3 += _sb_q4_k(wf, o3 + bo, xq, xd, xs, sb)
+        y[r0] = a0
+        if r0 + 1 < rows:
+            y[r0 + 1] = a1
+        if r0 + 2 < rows:
+            y[r0 + 2] = a2
+        if r0 + 3 < rows:
+            y[r0 + 3] = a3
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -212,38 +334,29 @@ def matvec_q5_k(w, x, y):
     nsb = x.size // QKK
     xq, xd, xs = _prologue(x)
     wf = w.reshape(-1)
-    ng = (rows + G - 1) // G
-    nch = min(ng, NCHUNK)
-    for c in prange(nch):
-        q = np.empty(G * QKK, np.int16)
-        mn = np.empty(G * 16, np.int32)
-        for g in range(c * ng // nch, (c + 1) * ng // nch):
-            r0 = g * G
-            o0 = r0 * rb
-            o1 = min(r0 + 1, rows - 1) * rb
-            o2 = min(r0 + 2, rows - 1) * rb
-            o3 = min(r0 + 3, rows - 1) * rb
-            a0 = np.float32(0.0)
-            a1 = np.float32(0.0)
-            a2 = np.float32(0.0)
-            a3 = np.float32(0.0)
-            for sb in range(nsb):
-                bo = sb * 176
-                d, m = _dec_q5_k(wf, o0 + bo, q, 0, mn, 0)
-                a0 += _sb_dot(q, 0, mn, 0, d, m, xq, xd, xs, sb)
-                d, m = _dec_q5_k(wf, o1 + bo, q, 256, mn, 16)
-                a1 += _sb_dot(q, 256, mn, 16, d, m, xq, xd, xs, sb)
-                d, m = _dec_q5_k(wf, o2 + bo, q, 512, mn, 32)
-                a2 += _sb_dot(q, 512, mn, 32, d, m, xq, xd, xs, sb)
-                d, m = _dec_q5_k(wf, o3 + bo, q, 768, mn, 48)
-                a3 += _sb_dot(q, 768, mn, 48, d, m, xq, xd, xs, sb)
-            y[r0] = a0
-            if r0 + 1 < rows:
-                y[r0 + 1] = a1
-            if r0 + 2 < rows:
-                y[r0 + 2] = a2
-            if r0 + 3 < rows:
-                y[r0 + 3] = a3
+    for g in prange((rows + G - 1) // G):
+        r0 = g * G
+        o0 = r0 * rb
+        o1 = min(r0 + 1, rows - 1) * rb
+        o2 = min(r0 + 2, rows - 1) * rb
+        o3 = min(r0 + 3, rows - 1) * rb
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for sb in range(nsb):
+            bo = sb * 176
+            a0 += _sb_q5_k(wf, o0 + bo, xq, xd, xs, sb)
+            a1 += _sb_q5_k(wf, o1 + bo, xq, xd, xs, sb)
+            a2 += _sb_q5_k(wf, o2 + bo, xq, xd, xs, sb)
+            a3 += _sb_q5_k(wf, o3 + bo, xq, xd, xs, sb)
+        y[r0] = a0
+        if r0 + 1 < rows:
+            y[r0 + 1] = a1
+        if r0 + 2 < rows:
+            y[r0 + 2] = a2
+        if r0 + 3 < rows:
+            y[r0 + 3] = a3
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -252,76 +365,29 @@ def matvec_q6_k(w, x, y):
     nsb = x.size // QKK
     xq, xd, xs = _prologue(x)
     wf = w.reshape(-1)
-    ng = (rows + G - 1) // G
-    nch = min(ng, NCHUNK)
-    for c in prange(nch):
-        q = np.empty(G * QKK, np.int16)
-        mn = np.empty(G * 16, np.int32)
-        for g in range(c * ng // nch, (c + 1) * ng // nch):
-            r0 = g * G
-            o0 = r0 * rb
-            o1 = min(r0 + 1, rows - 1) * rb
-            o2 = min(r0 + 2, rows - 1) * rb
-            o3 = min(r0 + 3, rows - 1) * rb
-            a0 = np.float32(0.0)
-            a1 = np.float32(0.0)
-            a2 = np.float32(0.0)
-            a3 = np.float32(0.0)
-            for sb in range(nsb):
-                bo = sb * 210
-                d, m = _dec_q6_k(wf, o0 + bo, q, 0, mn, 0)
-                a0 += _sb_dot(q, 0, mn, 0, d, m, xq, xd, xs, sb)
-                d, m = _dec_q6_k(wf, o1 + bo, q, 256, mn, 16)
-                a1 += _sb_dot(q, 256, mn, 16, d, m, xq, xd, xs, sb)
-                d, m = _dec_q6_k(wf, o2 + bo, q, 512, mn, 32)
-                a2 += _sb_dot(q, 512, mn, 32, d, m, xq, xd, xs, sb)
-                d, m = _dec_q6_k(wf, o3 + bo, q, 768, mn, 48)
-                a3 += _sb_dot(q, 768, mn, 48, d, m, xq, xd, xs, sb)
-            y[r0] = a0
-            if r0 + 1 < rows:
-                y[r0 + 1] = a1
-            if r0 + 2 < rows:
-                y[r0 + 2] = a2
-            if r0 + 3 < rows:
-                y[r0 + 3] = a3
-
-
-# Q2_K / Q3_K matter less for speed: one row per iteration keeps their compile time down.
-
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_q3_k(w, x, y):
-    rows, rb = w.shape
-    nsb = x.size // QKK
-    xq, xd, xs = _prologue(x)
-    wf = w.reshape(-1)
-    nch = min(rows, NCHUNK)
-    for c in prange(nch):
-        q = np.empty(QKK, np.int16)
-        mn = np.empty(16, np.int32)
-        for r in range(c * rows // nch, (c + 1) * rows // nch):
-            a = np.float32(0.0)
-            for sb in range(nsb):
-                d, m = _dec_q3_k(wf, r * rb + sb * 110, q, 0, mn, 0)
-                a += _sb_dot(q, 0, mn, 0, d, m, xq, xd, xs, sb)
-            y[r] = a
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def matvec_q2_k(w, x, y):
-    rows, rb = w.shape
-    nsb = x.size // QKK
-    xq, xd, xs = _prologue(x)
-    wf = w.reshape(-1)
-    nch = min(rows, NCHUNK)
-    for c in prange(nch):
-        q = np.empty(QKK, np.int16)
-        mn = np.empty(16, np.int32)
-        for r in range(c * rows // nch, (c + 1) * rows // nch):
-            a = np.float32(0.0)
-            for sb in range(nsb):
-                d, m = _dec_q2_k(wf, r * rb + sb * 84, q, 0, mn, 0)
-                a += _sb_dot(q, 0, mn, 0, d, m, xq, xd, xs, sb)
-            y[r] = a
+    for g in prange((rows + G - 1) // G):
+        r0 = g * G
+        o0 = r0 * rb
+        o1 = min(r0 + 1, rows - 1) * rb
+        o2 = min(r0 + 2, rows - 1) * rb
+        o3 = min(r0 + 3, rows - 1) * rb
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for sb in range(nsb):
+            bo = sb * 210
+            a0 += _sb_q6_k(wf, o0 + bo, xq, xd, xs, sb)
+            a1 += _sb_q6_k(wf, o1 + bo, xq, xd, xs, sb)
+            a2 += _sb_q6_k(wf, o2 + bo, xq, xd, xs, sb)
+            a3 += _sb_q6_k(wf, o3 + bo, xq, xd, xs, sb)
+        y[r0] = a0
+        if r0 + 1 < rows:
+            y[r0 + 1] = a1
+        if r0 + 2 < rows:
+            y[r0 + 2] = a2
+        if r0 + 3 < rows:
+            y[r0 + 3] = a3
 
 
 # ---------------------------------------------------------------------------------------

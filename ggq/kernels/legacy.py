@@ -1,8 +1,8 @@
 """Kernels for the 32-element block types Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (GGML layouts).
 
 matvec: activations quantized once per call to int8 blocks of 32 (common.quantize_act);
-each weight block is decoded to int8 in a per-thread scratch and dotted with pmaddwd-style
-integer products; 4 rows per loop iteration (independent chains, shared activation loads).
+each weight block is decoded in vector registers (common.dot_nib / dot32: pmaddwd-style
+integer products); 4 rows per loop iteration (independent chains, shared activation loads).
 dequantize_rows: parallel exact decode of a row range to float32 (tiles for BLAS, embeddings).
 """
 from __future__ import annotations
@@ -10,39 +10,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .common import QK, f16, dot32, quantize_act
+from .common import QK, dot32, dot_nib, f16, quantize_act
 
 G = 4  # rows per matvec iteration
-NCHUNK = 64  # prange chunks of row groups (load balance; scratch allocated per chunk)
 
 # ---------------------------------------------------------------------------------------
 # per-block helpers: decode one block of row r (byte offset `o` in the flat weights) and
 # return its contribution to y[r] given quantized activations of block b.
-
-
-@njit(inline="always")
-def _blk_q8_0(w, o, scr, so, xq, xd, xs, b):
-    return f16(w[o], w[o + 1]) * xd[b] * np.float32(dot32(w, o + 2, xq, b * QK))
-
-
-@njit(inline="always")
-def _blk_q4_0(w, o, scr, so, xq, xd, xs, b):
-    for l in range(16):
-        v = w[o + 2 + l]
-        scr[so + l] = np.int8((v & 15) - 8)
-        scr[so + l + 16] = np.int8((v >> 4) - 8)
-    return f16(w[o], w[o + 1]) * xd[b] * np.float32(dot32(scr, so, xq, b * QK))
-
-
-@njit(inline="always")
-def _blk_q4_1(w, o, scr, so, xq, xd, xs, b):
-    for l in range(16):
-        v = w[o + 4 + l]
-        scr[so + l] = np.int8(v & 15)
-        scr[so + l + 16] = np.int8(v >> 4)
-    d = f16(w[o], w[o + 1])
-    m = f16(w[o + 2], w[o + 3])
-    return d * xd[b] * np.float32(dot32(scr, so, xq, b * QK)) + m * (xs[2 * b] + xs[2 * b + 1])
 
 
 @njit(inline="always")
@@ -52,34 +26,40 @@ def _qh32(w, o):
 
 
 @njit(inline="always")
-def _blk_q5_0(w, o, scr, so, xq, xd, xs, b):
-    qh = _qh32(w, o + 2)
-    for l in range(16):
-        v = np.uint32(w[o + 6 + l])
-        lo = (v & np.uint32(15)) | (((qh >> np.uint32(l)) & np.uint32(1)) << np.uint32(4))
-        hi = (v >> np.uint32(4)) | (((qh >> np.uint32(l + 16)) & np.uint32(1)) << np.uint32(4))
-        scr[so + l] = np.int8(np.int32(lo) - 16)
-        scr[so + l + 16] = np.int8(np.int32(hi) - 16)
-    return f16(w[o], w[o + 1]) * xd[b] * np.float32(dot32(scr, so, xq, b * QK))
+def _blk_q4_0(w, o, xq, xd, xs, b):
+    return f16(w[o], w[o + 1]) * xd[b] * np.float32(dot_nib(w, o + 2, np.uint32(0), 8, xq, b * QK))
 
 
 @njit(inline="always")
-def _blk_q5_1(w, o, scr, so, xq, xd, xs, b):
-    qh = _qh32(w, o + 4)
-    for l in range(16):
-        v = np.uint32(w[o + 8 + l])
-        lo = (v & np.uint32(15)) | (((qh >> np.uint32(l)) & np.uint32(1)) << np.uint32(4))
-        hi = (v >> np.uint32(4)) | (((qh >> np.uint32(l + 16)) & np.uint32(1)) << np.uint32(4))
-        scr[so + l] = np.int8(lo)
-        scr[so + l + 16] = np.int8(hi)
+def _blk_q4_1(w, o, xq, xd, xs, b):
     d = f16(w[o], w[o + 1])
     m = f16(w[o + 2], w[o + 3])
-    return d * xd[b] * np.float32(dot32(scr, so, xq, b * QK)) + m * (xs[2 * b] + xs[2 * b + 1])
+    dot = dot_nib(w, o + 4, np.uint32(0), 0, xq, b * QK)
+    return d * xd[b] * np.float32(dot) + m * (xs[2 * b] + xs[2 * b + 1])
+
+
+@njit(inline="always")
+def _blk_q5_0(w, o, xq, xd, xs, b):
+    return f16(w[o], w[o + 1]) * xd[b] * np.float32(dot_nib(w, o + 6, _qh32(w, o + 2), 16, xq, b * QK))
+
+
+@njit(inline="always")
+def _blk_q5_1(w, o, xq, xd, xs, b):
+    d = f16(w[o], w[o + 1])
+    m = f16(w[o + 2], w[o + 3])
+    dot = dot_nib(w, o + 8, _qh32(w, o + 4), 0, xq, b * QK)
+    return d * xd[b] * np.float32(dot) + m * (xs[2 * b] + xs[2 * b + 1])
+
+
+@njit(inline="always")
+def _blk_q8_0(w, o, xq, xd, xs, b):
+    return f16(w[o], w[o + 1]) * xd[b] * np.float32(dot32(w, o + 2, xq, b * QK))
 
 
 # ---------------------------------------------------------------------------------------
-# matvec kernels: w uint8 (rows, row_bytes), x float32 (cols,), y float32 (rows,)
-# Rows of the last group are clamped to rows-1 (recomputed, written once).
+# matvec kernels: w uint8 (rows, row_bytes), x float32 (cols,), y float32 (rows,).
+# Same body per type, written out so each compiles (and caches) on its own, only when a
+# model uses it. Rows of the last group are clamped to rows-1 (recomputed, written once).
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q8_0(w, x, y):
@@ -90,7 +70,6 @@ def matvec_q8_0(w, x, y):
     xs = np.empty(2 * nb, np.float32)
     quantize_act(x, xq, xd, xs)
     wf = w.reshape(-1)
-    scr = np.empty(1, np.int8)  # unused by Q8_0 (decodes straight from the weights)
     for g in prange((rows + G - 1) // G):
         r0 = g * G
         o0 = r0 * rb
@@ -103,10 +82,10 @@ def matvec_q8_0(w, x, y):
         a3 = np.float32(0.0)
         for b in range(nb):
             bo = b * 34
-            a0 += _blk_q8_0(wf, o0 + bo, scr, 0, xq, xd, xs, b)
-            a1 += _blk_q8_0(wf, o1 + bo, scr, 0, xq, xd, xs, b)
-            a2 += _blk_q8_0(wf, o2 + bo, scr, 0, xq, xd, xs, b)
-            a3 += _blk_q8_0(wf, o3 + bo, scr, 0, xq, xd, xs, b)
+            a0 += _blk_q8_0(wf, o0 + bo, xq, xd, xs, b)
+            a1 += _blk_q8_0(wf, o1 + bo, xq, xd, xs, b)
+            a2 += _blk_q8_0(wf, o2 + bo, xq, xd, xs, b)
+            a3 += _blk_q8_0(wf, o3 + bo, xq, xd, xs, b)
         y[r0] = a0
         if r0 + 1 < rows:
             y[r0 + 1] = a1
@@ -115,9 +94,6 @@ def matvec_q8_0(w, x, y):
         if r0 + 3 < rows:
             y[r0 + 3] = a3
 
-
-# The four decode-to-scratch types share one body shape; written out per type so each
-# compiles (and caches) on its own, only when a model uses it.
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q4_0(w, x, y):
@@ -128,34 +104,29 @@ def matvec_q4_0(w, x, y):
     xs = np.empty(2 * nb, np.float32)
     quantize_act(x, xq, xd, xs)
     wf = w.reshape(-1)
-    ng = (rows + G - 1) // G
-    nch = min(ng, NCHUNK)
-    for c in prange(nch):
-        scr = np.empty(G * QK, np.int8)  # per-chunk scratch: one allocation per chunk
-        s = 0
-        for g in range(c * ng // nch, (c + 1) * ng // nch):
-            r0 = g * G
-            o0 = r0 * rb
-            o1 = min(r0 + 1, rows - 1) * rb
-            o2 = min(r0 + 2, rows - 1) * rb
-            o3 = min(r0 + 3, rows - 1) * rb
-            a0 = np.float32(0.0)
-            a1 = np.float32(0.0)
-            a2 = np.float32(0.0)
-            a3 = np.float32(0.0)
-            for b in range(nb):
-                bo = b * 18
-                a0 += _blk_q4_0(wf, o0 + bo, scr, s, xq, xd, xs, b)
-                a1 += _blk_q4_0(wf, o1 + bo, scr, s + 32, xq, xd, xs, b)
-                a2 += _blk_q4_0(wf, o2 + bo, scr, s + 64, xq, xd, xs, b)
-                a3 += _blk_q4_0(wf, o3 + bo, scr, s + 96, xq, xd, xs, b)
-            y[r0] = a0
-            if r0 + 1 < rows:
-                y[r0 + 1] = a1
-            if r0 + 2 < rows:
-                y[r0 + 2] = a2
-            if r0 + 3 < rows:
-                y[r0 + 3] = a3
+    for g in prange((rows + G - 1) // G):
+        r0 = g * G
+        o0 = r0 * rb
+        o1 = min(r0 + 1, rows - 1) * rb
+        o2 = min(r0 + 2, rows - 1) * rb
+        o3 = min(r0 + 3, rows - 1) * rb
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for b in range(nb):
+            bo = b * 18
+            a0 += _blk_q4_0(wf, o0 + bo, xq, xd, xs, b)
+            a1 += _blk_q4_0(wf, o1 + bo, xq, xd, xs, b)
+            a2 += _blk_q4_0(wf, o2 + bo, xq, xd, xs, b)
+            a3 += _blk_q4_0(wf, o3 + bo, xq, xd, xs, b)
+        y[r0] = a0
+        if r0 + 1 < rows:
+            y[r0 + 1] = a1
+        if r0 + 2 < rows:
+            y[r0 + 2] = a2
+        if r0 + 3 < rows:
+            y[r0 + 3] = a3
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -167,34 +138,29 @@ def matvec_q4_1(w, x, y):
     xs = np.empty(2 * nb, np.float32)
     quantize_act(x, xq, xd, xs)
     wf = w.reshape(-1)
-    ng = (rows + G - 1) // G
-    nch = min(ng, NCHUNK)
-    for c in prange(nch):
-        scr = np.empty(G * QK, np.int8)  # per-chunk scratch: one allocation per chunk
-        s = 0
-        for g in range(c * ng // nch, (c + 1) * ng // nch):
-            r0 = g * G
-            o0 = r0 * rb
-            o1 = min(r0 + 1, rows - 1) * rb
-            o2 = min(r0 + 2, rows - 1) * rb
-            o3 = min(r0 + 3, rows - 1) * rb
-            a0 = np.float32(0.0)
-            a1 = np.float32(0.0)
-            a2 = np.float32(0.0)
-            a3 = np.float32(0.0)
-            for b in range(nb):
-                bo = b * 20
-                a0 += _blk_q4_1(wf, o0 + bo, scr, s, xq, xd, xs, b)
-                a1 += _blk_q4_1(wf, o1 + bo, scr, s + 32, xq, xd, xs, b)
-                a2 += _blk_q4_1(wf, o2 + bo, scr, s + 64, xq, xd, xs, b)
-                a3 += _blk_q4_1(wf, o3 + bo, scr, s + 96, xq, xd, xs, b)
-            y[r0] = a0
-            if r0 + 1 < rows:
-                y[r0 + 1] = a1
-            if r0 + 2 < rows:
-                y[r0 + 2] = a2
-            if r0 + 3 < rows:
-                y[r0 + 3] = a3
+    for g in prange((rows + G - 1) // G):
+        r0 = g * G
+        o0 = r0 * rb
+        o1 = min(r0 + 1, rows - 1) * rb
+        o2 = min(r0 + 2, rows - 1) * rb
+        o3 = min(r0 + 3, rows - 1) * rb
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for b in range(nb):
+            bo = b * 20
+            a0 += _blk_q4_1(wf, o0 + bo, xq, xd, xs, b)
+            a1 += _blk_q4_1(wf, o1 + bo, xq, xd, xs, b)
+            a2 += _blk_q4_1(wf, o2 + bo, xq, xd, xs, b)
+            a3 += _blk_q4_1(wf, o3 + bo, xq, xd, xs, b)
+        y[r0] = a0
+        if r0 + 1 < rows:
+            y[r0 + 1] = a1
+        if r0 + 2 < rows:
+            y[r0 + 2] = a2
+        if r0 + 3 < rows:
+            y[r0 + 3] = a3
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -206,34 +172,29 @@ def matvec_q5_0(w, x, y):
     xs = np.empty(2 * nb, np.float32)
     quantize_act(x, xq, xd, xs)
     wf = w.reshape(-1)
-    ng = (rows + G - 1) // G
-    nch = min(ng, NCHUNK)
-    for c in prange(nch):
-        scr = np.empty(G * QK, np.int8)  # per-chunk scratch: one allocation per chunk
-        s = 0
-        for g in range(c * ng // nch, (c + 1) * ng // nch):
-            r0 = g * G
-            o0 = r0 * rb
-            o1 = min(r0 + 1, rows - 1) * rb
-            o2 = min(r0 + 2, rows - 1) * rb
-            o3 = min(r0 + 3, rows - 1) * rb
-            a0 = np.float32(0.0)
-            a1 = np.float32(0.0)
-            a2 = np.float32(0.0)
-            a3 = np.float32(0.0)
-            for b in range(nb):
-                bo = b * 22
-                a0 += _blk_q5_0(wf, o0 + bo, scr, s, xq, xd, xs, b)
-                a1 += _blk_q5_0(wf, o1 + bo, scr, s + 32, xq, xd, xs, b)
-                a2 += _blk_q5_0(wf, o2 + bo, scr, s + 64, xq, xd, xs, b)
-                a3 += _blk_q5_0(wf, o3 + bo, scr, s + 96, xq, xd, xs, b)
-            y[r0] = a0
-            if r0 + 1 < rows:
-                y[r0 + 1] = a1
-            if r0 + 2 < rows:
-                y[r0 + 2] = a2
-            if r0 + 3 < rows:
-                y[r0 + 3] = a3
+    for g in prange((rows + G - 1) // G):
+        r0 = g * G
+        o0 = r0 * rb
+        o1 = min(r0 + 1, rows - 1) * rb
+        o2 = min(r0 + 2, rows - 1) * rb
+        o3 = min(r0 + 3, rows - 1) * rb
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for b in range(nb):
+            bo = b * 22
+            a0 += _blk_q5_0(wf, o0 + bo, xq, xd, xs, b)
+            a1 += _blk_q5_0(wf, o1 + bo, xq, xd, xs, b)
+            a2 += _blk_q5_0(wf, o2 + bo, xq, xd, xs, b)
+            a3 += _blk_q5_0(wf, o3 + bo, xq, xd, xs, b)
+        y[r0] = a0
+        if r0 + 1 < rows:
+            y[r0 + 1] = a1
+        if r0 + 2 < rows:
+            y[r0 + 2] = a2
+        if r0 + 3 < rows:
+            y[r0 + 3] = a3
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -245,34 +206,29 @@ def matvec_q5_1(w, x, y):
     xs = np.empty(2 * nb, np.float32)
     quantize_act(x, xq, xd, xs)
     wf = w.reshape(-1)
-    ng = (rows + G - 1) // G
-    nch = min(ng, NCHUNK)
-    for c in prange(nch):
-        scr = np.empty(G * QK, np.int8)  # per-chunk scratch: one allocation per chunk
-        s = 0
-        for g in range(c * ng // nch, (c + 1) * ng // nch):
-            r0 = g * G
-            o0 = r0 * rb
-            o1 = min(r0 + 1, rows - 1) * rb
-            o2 = min(r0 + 2, rows - 1) * rb
-            o3 = min(r0 + 3, rows - 1) * rb
-            a0 = np.float32(0.0)
-            a1 = np.float32(0.0)
-            a2 = np.float32(0.0)
-            a3 = np.float32(0.0)
-            for b in range(nb):
-                bo = b * 24
-                a0 += _blk_q5_1(wf, o0 + bo, scr, s, xq, xd, xs, b)
-                a1 += _blk_q5_1(wf, o1 + bo, scr, s + 32, xq, xd, xs, b)
-                a2 += _blk_q5_1(wf, o2 + bo, scr, s + 64, xq, xd, xs, b)
-                a3 += _blk_q5_1(wf, o3 + bo, scr, s + 96, xq, xd, xs, b)
-            y[r0] = a0
-            if r0 + 1 < rows:
-                y[r0 + 1] = a1
-            if r0 + 2 < rows:
-                y[r0 + 2] = a2
-            if r0 + 3 < rows:
-                y[r0 + 3] = a3
+    for g in prange((rows + G - 1) // G):
+        r0 = g * G
+        o0 = r0 * rb
+        o1 = min(r0 + 1, rows - 1) * rb
+        o2 = min(r0 + 2, rows - 1) * rb
+        o3 = min(r0 + 3, rows - 1) * rb
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for b in range(nb):
+            bo = b * 24
+            a0 += _blk_q5_1(wf, o0 + bo, xq, xd, xs, b)
+            a1 += _blk_q5_1(wf, o1 + bo, xq, xd, xs, b)
+            a2 += _blk_q5_1(wf, o2 + bo, xq, xd, xs, b)
+            a3 += _blk_q5_1(wf, o3 + bo, xq, xd, xs, b)
+        y[r0] = a0
+        if r0 + 1 < rows:
+            y[r0 + 1] = a1
+        if r0 + 2 < rows:
+            y[r0 + 2] = a2
+        if r0 + 3 < rows:
+            y[r0 + 3] = a3
 
 
 # ---------------------------------------------------------------------------------------

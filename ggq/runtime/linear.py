@@ -103,12 +103,21 @@ def _tiled(name, w, cols, x, out):
     rows = w.shape[0]
     step = max(16, min(rows, TILE_FLOATS // cols))
     deq = DEQUANT[name]
-    tile = _tile(min(step, rows), cols)
+    n = x.shape[0]
+    tile = _tile(min(step, rows), cols + n)  # tile rows, then room for a contiguous product
+    flat = tile.reshape(-1)
+    prod_at = min(step, rows) * cols
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        t = tile[: r1 - r0]
+        t = flat[: (r1 - r0) * cols].reshape(r1 - r0, cols)
         deq(w, r0, r1, t)
-        np.matmul(x, t.T, out=out[:, r0:r1])
+        if r0 == 0 and r1 == rows and out.flags.c_contiguous:
+            np.matmul(x, t.T, out=out)
+        else:
+            # BLAS needs a contiguous destination (a strided out= falls back to a slow loop)
+            p = flat[prod_at: prod_at + n * (r1 - r0)].reshape(n, r1 - r0)
+            np.matmul(x, t.T, out=p)
+            out[:, r0:r1] = p
 
 
 def dequantize_rows(qtype, w: np.ndarray, cols: int, r0: int, r1: int,

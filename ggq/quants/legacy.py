@@ -141,9 +141,11 @@ def _ref_block(kind, x, i0, q):
             q[j] = _roundf32(x[i0 + j] * idd)
         return d, zero
     if kind == _Q4_0 or kind == _Q5_0:
-        amax = zero
-        mx = zero
-        for j in range(QK):
+        # start from element 0 like NumPy's argmax (gguf-py): an all-zero block keeps the
+        # sign of x[0] in max, so -0.0 blocks get d = +0 (ggml's C code gives -0; same values)
+        mx = x[i0]
+        amax = abs(mx)
+        for j in range(1, QK):
             v = x[i0 + j]
             if abs(v) > amax:
                 amax = abs(v)
@@ -385,7 +387,7 @@ def _quantize_ref(kind, x, out):
 
 
 @njit(parallel=True, cache=True)
-def _quantize_search(kind, x, imat, use_imat, out):
+def _quantize_search(kind, x, imat, use_imat, wmode, out):
     rows, cols = x.shape
     ts = _type_size(kind)
     for r in prange(rows):
@@ -401,7 +403,12 @@ def _quantize_search(kind, x, imat, use_imat, out):
             i0 = ib * QK
             for j in range(QK):
                 v = np.float64(xr[i0 + j])
-                w[j] = math.sqrt(sigma2 + v * v)
+                if wmode == 0:
+                    w[j] = math.sqrt(sigma2 + v * v)
+                elif wmode == 1:
+                    w[j] = v * v
+                else:
+                    w[j] = 1.0
                 if use_imat:
                     w[j] *= np.float64(imat[i0 + j])
             d, m = _ref_block(kind, xr, i0, q)
@@ -504,9 +511,9 @@ class _Legacy(QuantType):
                 raise QuantError(f"{self.name}: importance matrix has {imat.shape[0]} entries, expected {cols}")
             if not np.all(np.isfinite(imat)) or np.any(imat < 0):
                 raise QuantError(f"{self.name}: importance matrix must be finite and non-negative")
-            _quantize_search(self.kind, x, imat, True, out)
+            _quantize_search(self.kind, x, imat, True, 0, out)
         else:
-            _quantize_search(self.kind, x, np.ones(cols, np.float32), False, out)
+            _quantize_search(self.kind, x, np.ones(cols, np.float32), False, 0, out)
         return out
 
     def dequantize(self, data, cols):

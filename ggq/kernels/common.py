@@ -169,9 +169,8 @@ def _load_u8(context, builder, aty, ary, off, n):
     return builder.zext(v, ir.VectorType(ir.IntType(16), n))
 
 
-def _int_dot(context, builder, v16, xty, xa, xoff, lane_scale=None):
-    """sum over 32 lanes of v16 (<32 x i16>) * xq[xoff:xoff+32] (int16), optionally each
-    pair-sum times lane_scale (<16 x i32>); returns i32."""
+def _int_dot(context, builder, v16, xty, xa, xoff):
+    """sum over 32 lanes of v16 (<32 x i16>) * xq[xoff:xoff+32] (int16) as i32."""
     i32 = ir.IntType(32)
     px = _arr_ptr(context, builder, xty, xa, xoff)
     lx = builder.load(builder.bitcast(px, ir.VectorType(ir.IntType(16), 32).as_pointer()), align=2)
@@ -180,8 +179,6 @@ def _int_dot(context, builder, v16, xty, xa, xoff, lane_scale=None):
     idx = ir.VectorType(i32, 16)
     s = builder.add(builder.shuffle_vector(m, m, ir.Constant(idx, [2 * i for i in range(16)])),
                     builder.shuffle_vector(m, m, ir.Constant(idx, [2 * i + 1 for i in range(16)])))
-    if lane_scale is not None:
-        s = builder.mul(s, lane_scale)
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [ir.VectorType(i32, 16)]),
                                         "llvm.vector.reduce.add.v16i32")
     return builder.call(fn, [s])
@@ -207,11 +204,14 @@ def dot_nib(typingctx, wa, off, qh, bias, xa, xoff):
         lo = builder.and_(v, _splat(builder, ir.Constant(i16, 15), i16, 16))
         hi = builder.lshr(v, _splat(builder, ir.Constant(i16, 4), i16, 16))
         q = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), 32), list(range(32))))
-        i32 = ir.IntType(32)
-        hv = _splat(builder, h, i32, 32)
-        hb = builder.and_(builder.lshr(hv, ir.Constant(ir.VectorType(i32, 32), list(range(32)))),
-                          _splat(builder, ir.Constant(i32, 1), i32, 32))
-        hb = builder.shl(builder.trunc(hb, ir.VectorType(i16, 32)), _splat(builder, ir.Constant(i16, 4), i16, 32))
+        # bit l of qh -> 16 in lane l: byte l//8 to every lane, test bit l%8 (byte shuffle +
+        # test, much cheaper than 32 variable shifts of i32 lanes)
+        i8 = ir.IntType(8)
+        hbytes = builder.bitcast(h, ir.VectorType(i8, 4))
+        hl = builder.shuffle_vector(hbytes, hbytes, ir.Constant(ir.VectorType(ir.IntType(32), 32), [l // 8 for l in range(32)]))
+        hit = builder.icmp_unsigned("!=", builder.and_(hl, ir.Constant(ir.VectorType(i8, 32), [1 << (l % 8) for l in range(32)])),
+                                    ir.Constant(ir.VectorType(i8, 32), [0] * 32))
+        hb = builder.shl(builder.zext(hit, ir.VectorType(i16, 32)), _splat(builder, ir.Constant(i16, 4), i16, 32))
         q = builder.or_(q, hb)
         q = builder.sub(q, _splat(builder, builder.trunc(b, i16), i16, 32))
         return _int_dot(context, builder, q, xty, x, xo)
@@ -244,9 +244,10 @@ def dot_k(typingctx, wa, aoff, sa, ma, boff, sb, mb, shb, bias, s_lo, s_hi, xa, 
         b = _load_u8(context, builder, wty, w, bo, n)
         hb = builder.shl(builder.and_(builder.lshr(b, sp(sb_)), sp(mb_)), sp(shb_))
         q = builder.sub(builder.or_(q, hb), sp(bias_))
-        lo = _splat(builder, slo, i32, 8)
-        hi = _splat(builder, shi, i32, 8)
-        scale = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, 16), list(range(16))))
-        return _int_dot(context, builder, q, xty, x, xo, scale)
+        # |q * scale| <= 32 * 128 fits int16: scale in i16 lanes (vpmullw), then pmaddwd
+        lo = _splat(builder, builder.trunc(slo, i16), i16, 16)
+        hi = _splat(builder, builder.trunc(shi, i16), i16, 16)
+        scale = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, 32), list(range(32))))
+        return _int_dot(context, builder, builder.mul(q, scale), xty, x, xo)
 
     return sig, codegen

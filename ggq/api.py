@@ -36,7 +36,7 @@ def default_model_path(log=None) -> Path:
             log(f"converting the default model to {dm.DEFAULT_PRESET} (once) -> {out}")
         from .convert import convert_model
 
-        convert_model(src, out, preset=dm.DEFAULT_PRESET, force=True)
+        convert_model(src, out, preset=dm.DEFAULT_PRESET, force=True, progress=log is not None)
     return out
 
 
@@ -56,7 +56,7 @@ def imported_gguf_path(path, log=None) -> Path:
             log(f"importing {p.name} (once) -> {out}")
         from .convert import convert_model
 
-        convert_model(p, out, preset="keep", force=True)
+        convert_model(p, out, preset="keep", force=True, progress=log is not None)
     return out
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import ModelError, UsageError
+from ..runtime.generate import blas_get_threads, blas_set_threads
 from ..runtime.linear import embedding_rows, linear
 
 
@@ -114,11 +115,12 @@ def rope_tables(n_ctx: int, inv_freq: np.ndarray) -> tuple[np.ndarray, np.ndarra
 # ---------------------------------------------------------------------------------------------
 # small kernels
 
-@njit(cache=True, parallel=True)
+# Serial on purpose: on vectors of a few thousand floats a parallel region costs more than the work.
+@njit(cache=True)
 def rmsnorm(x, w, eps):
     n, d = x.shape
     out = np.empty_like(x)
-    for i in prange(n):
+    for i in range(n):
         ss = 0.0
         for j in range(d):
             ss += np.float64(x[i, j]) * x[i, j]
@@ -142,11 +144,11 @@ def rope_inplace(x, cos, sin, n_heads, head_dim):
                 x[i, b + j + half] = c * cos[i, j] + a * sin[i, j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def silu_mul(g, u):
     n, d = g.shape
     out = np.empty_like(g)
-    for i in prange(n):
+    for i in range(n):
         for j in range(d):
             a = g[i, j]
             out[i, j] = a / (np.float32(1.0) + np.exp(-a)) * u[i, j]
@@ -163,8 +165,7 @@ def store_kv(cache_k, cache_v, k, v, start, n_kv_heads, head_dim):
                 cache_v[g, start + i, j] = v[i, g * head_dim + j]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def attention_small(q, cache_k, cache_v, start, n_heads, n_kv_heads, head_dim, scale):
+def _attention_small(q, cache_k, cache_v, start, n_heads, n_kv_heads, head_dim, scale):
     """Causal attention for a few queries (decode): one (query, head) per parallel task.
     q: (n, n_heads*head_dim); query i sits at position start+i and sees positions 0..start+i."""
     n = q.shape[0]
@@ -200,6 +201,12 @@ def attention_small(q, cache_k, cache_v, start, n_heads, n_kv_heads, head_dim, s
         for j in range(head_dim):
             out[i, qo + j] = acc_v[j] * inv
     return out
+
+
+# Compiled twice: threads pay off only once the context is long enough.
+attention_small = njit(cache=True, fastmath=True)(_attention_small)
+attention_small_par = njit(cache=True, parallel=True, fastmath=True)(_attention_small)
+PARALLEL_ATTENTION_MIN = 256  # positions x queries
 
 
 def attention_blas(q, cache_k, cache_v, start, n_heads, n_kv_heads, head_dim, scale, mask):
@@ -343,6 +350,7 @@ class Llama:
         cos = self.cos[start_pos:start_pos + n]
         sin = self.sin[start_pos:start_pos + n]
         use_blas = n >= self.BLAS_ATTENTION_MIN
+        blas_n = blas_get_threads() or 1
         if use_blas:
             T = start_pos + n
             # query i (position start+i) sees keys 0..start+i
@@ -361,7 +369,12 @@ class Llama:
             ck, cv = self.cache_k[li], self.cache_v[li]
             store_kv(ck, cv, k, v, start_pos, nkv, hd)
             if use_blas:
+                # small per-head matmuls: one BLAS thread (see runtime.generate, BLAS threads)
+                blas_set_threads(1)
                 a = attention_blas(q, ck, cv, start_pos, nh, nkv, hd, self.scale, mask)
+                blas_set_threads(blas_n)
+            elif (start_pos + n) * n >= PARALLEL_ATTENTION_MIN:
+                a = attention_small_par(q, ck, cv, start_pos, nh, nkv, hd, self.scale)
             else:
                 a = attention_small(q, ck, cv, start_pos, nh, nkv, hd, self.scale)
             x = x + L.wo(a)

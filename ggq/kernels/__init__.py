@@ -6,17 +6,6 @@ Kernels compile lazily (first use of a type) and are cached on disk by Numba.
 """
 from __future__ import annotations
 
-import os
-
-import numba
-
-# Threading layer: OpenMP's spinning workers and OpenBLAS's fight for the cores whenever
-# Numba kernels and BLAS calls alternate (the prompt path): measured on 2 cores, 1-37 GFLOP/s
-# with "omp" vs 84-97 with "workqueue" for the same dequantize+sgemm. Honour an explicit
-# NUMBA_THREADING_LAYER; has no effect if a parallel kernel already ran in this process.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
-
 from . import floats, kquants, legacy  # noqa: E402
 
 MATVEC = {**floats.MATVEC, **legacy.MATVEC, **kquants.MATVEC}

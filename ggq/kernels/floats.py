@@ -70,18 +70,18 @@ def matvec_bf16(w, x, y):
             y[r0 + 3] = a3
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def dequant_f16(w, r0, r1, out):
     cols = out.shape[1]
-    for i in prange(r1 - r0):
+    for i in range(r1 - r0):
         for k in range(cols):
             out[i, k] = h2f(w[r0 + i, k])
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def dequant_bf16(w, r0, r1, out):
     cols = out.shape[1]
-    for i in prange(r1 - r0):
+    for i in range(r1 - r0):
         for k in range(cols):
             out[i, k] = _bf(w[r0 + i, k])
 

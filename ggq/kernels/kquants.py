@@ -16,7 +16,6 @@ from .common import QK, dot_k, f16, quantize_act
 
 QKK = 256
 G = 4          # rows per matvec iteration
-NCHUNK = 64    # dequantize: prange chunks (scratch allocated once per chunk)
 
 
 @njit(inline="always")
@@ -391,7 +390,9 @@ def matvec_q6_k(w, x, y):
 
 
 # ---------------------------------------------------------------------------------------
-# dequantize rows r0..r1 -> out (float32)
+# dequantize rows r0..r1 -> out (float32). Serial on purpose: the batch path alternates
+# these with multi-threaded BLAS, and a second thread pool waking up between sgemm calls
+# fought OpenBLAS's spinning workers (1-40 GFLOP/s instead of ~100 on 2 cores).
 
 @njit(inline="always")
 def _store(q, mn, d, dmin, out, i, col0):
@@ -401,74 +402,59 @@ def _store(q, mn, d, dmin, out, i, col0):
             out[i, col0 + 16 * s + l] = d * np.float32(q[16 * s + l]) - mf
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def dequant_q4_k(w, r0, r1, out):
     nsb = out.shape[1] // QKK
-    n = r1 - r0
-    nch = min(n, NCHUNK)
-    for c in prange(nch):
-        q = np.empty(QKK, np.int16)
-        mn = np.empty(16, np.int32)
-        for i in range(c * n // nch, (c + 1) * n // nch):
-            for sb in range(nsb):
-                d, m = _dec_q4_k(w[r0 + i], sb * 144, q, 0, mn, 0)
-                _store(q, mn, d, m, out, i, sb * QKK)
+    q = np.empty(QKK, np.int16)
+    mn = np.empty(16, np.int32)
+    for i in range(r1 - r0):
+        for sb in range(nsb):
+            d, m = _dec_q4_k(w[r0 + i], sb * 144, q, 0, mn, 0)
+            _store(q, mn, d, m, out, i, sb * QKK)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def dequant_q5_k(w, r0, r1, out):
     nsb = out.shape[1] // QKK
-    n = r1 - r0
-    nch = min(n, NCHUNK)
-    for c in prange(nch):
-        q = np.empty(QKK, np.int16)
-        mn = np.empty(16, np.int32)
-        for i in range(c * n // nch, (c + 1) * n // nch):
-            for sb in range(nsb):
-                d, m = _dec_q5_k(w[r0 + i], sb * 176, q, 0, mn, 0)
-                _store(q, mn, d, m, out, i, sb * QKK)
+    q = np.empty(QKK, np.int16)
+    mn = np.empty(16, np.int32)
+    for i in range(r1 - r0):
+        for sb in range(nsb):
+            d, m = _dec_q5_k(w[r0 + i], sb * 176, q, 0, mn, 0)
+            _store(q, mn, d, m, out, i, sb * QKK)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def dequant_q6_k(w, r0, r1, out):
     nsb = out.shape[1] // QKK
-    n = r1 - r0
-    nch = min(n, NCHUNK)
-    for c in prange(nch):
-        q = np.empty(QKK, np.int16)
-        mn = np.empty(16, np.int32)
-        for i in range(c * n // nch, (c + 1) * n // nch):
-            for sb in range(nsb):
-                d, m = _dec_q6_k(w[r0 + i], sb * 210, q, 0, mn, 0)
-                _store(q, mn, d, m, out, i, sb * QKK)
+    q = np.empty(QKK, np.int16)
+    mn = np.empty(16, np.int32)
+    for i in range(r1 - r0):
+        for sb in range(nsb):
+            d, m = _dec_q6_k(w[r0 + i], sb * 210, q, 0, mn, 0)
+            _store(q, mn, d, m, out, i, sb * QKK)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def dequant_q3_k(w, r0, r1, out):
     nsb = out.shape[1] // QKK
-    n = r1 - r0
-    nch = min(n, NCHUNK)
-    for c in prange(nch):
-        q = np.empty(QKK, np.int16)
-        mn = np.empty(16, np.int32)
-        for i in range(c * n // nch, (c + 1) * n // nch):
-            for sb in range(nsb):
-                d, m = _dec_q3_k(w[r0 + i], sb * 110, q, 0, mn, 0)
-                _store(q, mn, d, m, out, i, sb * QKK)
+    q = np.empty(QKK, np.int16)
+    mn = np.empty(16, np.int32)
+    for i in range(r1 - r0):
+        for sb in range(nsb):
+            d, m = _dec_q3_k(w[r0 + i], sb * 110, q, 0, mn, 0)
+            _store(q, mn, d, m, out, i, sb * QKK)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def dequant_q2_k(w, r0, r1, out):
     nsb = out.shape[1] // QKK
-    n = r1 - r0
-    nch = min(n, NCHUNK)
-    for c in prange(nch):
-        q = np.empty(QKK, np.int16)
-        mn = np.empty(16, np.int32)
-        for i in range(c * n // nch, (c + 1) * n // nch):
-            for sb in range(nsb):
-                d, m = _dec_q2_k(w[r0 + i], sb * 84, q, 0, mn, 0)
-                _store(q, mn, d, m, out, i, sb * QKK)
+    q = np.empty(QKK, np.int16)
+    mn = np.empty(16, np.int32)
+    for i in range(r1 - r0):
+        for sb in range(nsb):
+            d, m = _dec_q2_k(w[r0 + i], sb * 84, q, 0, mn, 0)
+            _store(q, mn, d, m, out, i, sb * QKK)
 
 
 MATVEC = {"Q2_K": matvec_q2_k, "Q3_K": matvec_q3_k, "Q4_K": matvec_q4_k,

@@ -232,12 +232,13 @@ def matvec_q5_1(w, x, y):
 
 
 # ---------------------------------------------------------------------------------------
-# exact dequantization of rows r0..r1 into out[0:r1-r0, :cols] (float32)
+# exact dequantization of rows r0..r1 into out[0:r1-r0, :cols] (float32); serial on
+# purpose (see kquants.py: a second thread pool between sgemm calls fights OpenBLAS)
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def dequant_q8_0(w, r0, r1, out):
     nb = out.shape[1] // QK
-    for i in prange(r1 - r0):
+    for i in range(r1 - r0):
         r = r0 + i
         for b in range(nb):
             o = b * 34
@@ -246,10 +247,10 @@ def dequant_q8_0(w, r0, r1, out):
                 out[i, b * QK + k] = d * np.float32(np.int8(w[r, o + 2 + k]))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def dequant_q4_0(w, r0, r1, out):
     nb = out.shape[1] // QK
-    for i in prange(r1 - r0):
+    for i in range(r1 - r0):
         r = r0 + i
         for b in range(nb):
             o = b * 18
@@ -260,10 +261,10 @@ def dequant_q4_0(w, r0, r1, out):
                 out[i, b * QK + l + 16] = d * np.float32(np.int32(v >> 4) - 8)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def dequant_q4_1(w, r0, r1, out):
     nb = out.shape[1] // QK
-    for i in prange(r1 - r0):
+    for i in range(r1 - r0):
         r = r0 + i
         for b in range(nb):
             o = b * 20
@@ -275,12 +276,12 @@ def dequant_q4_1(w, r0, r1, out):
                 out[i, b * QK + l + 16] = d * np.float32(v >> 4) + m
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def dequant_q5_0(w, r0, r1, out):
     nb = out.shape[1] // QK
     wf = w.reshape(-1)
     rb = w.shape[1]
-    for i in prange(r1 - r0):
+    for i in range(r1 - r0):
         r = r0 + i
         for b in range(nb):
             o = r * rb + b * 22
@@ -294,12 +295,12 @@ def dequant_q5_0(w, r0, r1, out):
                 out[i, b * QK + l + 16] = d * np.float32(np.int32(hi) - 16)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def dequant_q5_1(w, r0, r1, out):
     nb = out.shape[1] // QK
     wf = w.reshape(-1)
     rb = w.shape[1]
-    for i in prange(r1 - r0):
+    for i in range(r1 - r0):
         r = r0 + i
         for b in range(nb):
             o = r * rb + b * 24

@@ -170,11 +170,12 @@ def ppl_with_error(nll_sum: float, nll2_sum: float, count: int) -> tuple[float, 
 @click.option("-f", "--file", "text_file", required=True, type=click.Path(dir_okay=False), help="Text file (UTF-8).")
 @click.option("-c", "--ctx-size", default=512, show_default=True, type=int, help="Window length in tokens.")
 @click.option("--chunks", type=int, help="Evaluate only the first N windows.")
-@click.option("--protocol", type=click.Choice(["full", "half"]), default="full", show_default=True,
-              help="full: score positions 1..c-1; half: score c/2+1..c-1 (llama-perplexity).")
+@click.option("--protocol", type=click.Choice(["full", "half", "both"]), default="full", show_default=True,
+              help="full: score tokens 1..c-1 of each window; half: tokens c/2+1..c-1 "
+                   "(llama-perplexity); both: report the two from the same pass.")
 @click.option("-t", "--threads", type=int, help="Threads [default: all cores].")
 def perplexity(model, text_file, ctx_size, chunks, protocol, threads):
-    """Perplexity of MODEL on a text file.
+    """Perplexity of MODEL on a text file (.ggq or .gguf).
 
     Protocol: the whole text is tokenized at once with no special tokens and no BOS; it is cut
     into non-overlapping windows of c tokens starting at token 0 (the remainder is dropped) and
@@ -199,21 +200,29 @@ def perplexity(model, text_file, ctx_size, chunks, protocol, threads):
         raise UsageError(f"{text_file}: {len(tokens)} tokens, fewer than one window of {ctx_size}")
     if chunks is not None:
         n_win = min(n_win, chunks)
-    first = 0 if protocol == "full" else ctx_size // 2
-    _log(f"{m.path.name}: {len(tokens)} tokens, {n_win} windows of {ctx_size}, protocol {protocol} "
-         f"(scoring tokens {first + 1}..{ctx_size - 1} of each window), threads {m.threads}")
-    nll_sum = nll2_sum = 0.0
-    count = 0
+    firsts = {"full": 0, "half": ctx_size // 2}
+    names = ["full", "half"] if protocol == "both" else [protocol]
+    scoring = ", ".join(f"{p}: tokens {firsts[p] + 1}..{ctx_size - 1}" for p in names)
+    _log(f"{m.path.name}: {len(tokens)} tokens, {n_win} windows of {ctx_size}, no BOS, "
+         f"scoring {scoring} of each window, threads {m.threads}")
+    acc = {p: [0.0, 0.0, 0] for p in names}
     for w in range(n_win):
         win = tokens[w * ctx_size:(w + 1) * ctx_size]
-        nll = nll_of_window(m.logits(win), win, first)
-        nll_sum += float(nll.sum())
-        nll2_sum += float((nll * nll).sum())
-        count += nll.size
-        click.echo(f"[{w + 1}]{math.exp(nll_sum / count):.4f}", nl=(w + 1 == n_win))
+        lg = m.logits(win)
+        for p in names:
+            nll = nll_of_window(lg, win, firsts[p])
+            a = acc[p]
+            a[0] += float(nll.sum())
+            a[1] += float((nll * nll).sum())
+            a[2] += nll.size
+        a = acc[names[0]]
+        click.echo(f"[{w + 1}]{math.exp(a[0] / a[2]):.4f}", nl=(w + 1 == n_win))
         if w + 1 < n_win:
             click.echo(",", nl=False)
         sys.stdout.flush()
-    ppl, err = ppl_with_error(nll_sum, nll2_sum, count)
-    click.echo(f"Final estimate: PPL = {ppl:.4f} +/- {err:.5f}  ({n_win} windows, {count} scored tokens)")
-    _log(f"{time.perf_counter() - t0:.1f} s, {n_win * ctx_size / (time.perf_counter() - t0):.0f} tok/s")
+    for p in names:
+        ppl, err = ppl_with_error(*acc[p])
+        label = f" ({p})" if protocol == "both" else ""
+        click.echo(f"Final estimate{label}: PPL = {ppl:.4f} +/- {err:.5f}  ({n_win} windows, {acc[p][2]} scored tokens)")
+    dt = time.perf_counter() - t0
+    _log(f"{dt:.1f} s, {n_win * ctx_size / dt:.0f} tok/s")

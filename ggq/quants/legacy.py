@@ -239,11 +239,37 @@ def _asym_sums(xb, wb, wx, iscale, mn, top):
     return sum_l, sum_l2, sum_xl
 
 
+# The final fit decides bytes, so its decoded value y must be the decoder's float32 one:
+# reassociation only (for the sums), no contraction into fused multiply-adds.
+@njit(cache=True, fastmath={"nsz", "reassoc"})
+def _requant(xb, w, inv, dv, mv, lo, hi, lv):
+    """Levels nearest to (x - mv) / dv, clamped to [lo, hi], into lv. Returns the weighted
+    squared error of the decoded block and the sums (w l, w l^2, w l x) for a refit."""
+    err = 0.0
+    s_l = 0.0
+    s_l2 = 0.0
+    s_xl = 0.0
+    m64 = np.float64(mv)
+    for j in range(QK):
+        v = np.float64(xb[j])
+        l = np.floor((v - m64) * inv + 0.5)
+        l = lo if l < lo else l
+        l = hi if l > hi else l
+        lv[j] = l
+        y = dv * np.float32(l) + mv
+        e = v - np.float64(y)
+        err += w[j] * e * e
+        s_l += w[j] * l
+        s_l2 += w[j] * l * l
+        s_xl += w[j] * l * v
+    return err, s_l, s_l2, s_xl
+
+
 # --------------------------------------------------------------------------------------
 # search per block; returns (dbits, mbits, improved) and leaves codes in q when improved
 # --------------------------------------------------------------------------------------
 @njit(cache=True)
-def _search_sym(kind, x, i0, w, xb, wb, wx, q, tmp, best_err):
+def _search_sym(kind, x, i0, w, xb, wb, wx, q, lv, best_err):
     if kind == _Q4_0:
         nmax = 8
     elif kind == _Q5_0:
@@ -274,28 +300,20 @@ def _search_sym(kind, x, i0, w, xb, wb, wx, q, tmp, best_err):
         return 0, 0, False
     improved = False
     dbits = 0
+    lo = np.float64(-nmax)
+    hi = np.float64(nmax - 1)
     # two rounds: fit -> round scale to fp16 -> re-derive levels -> refit on those levels
     for _ in range(2):
         bits, dv = f32_to_f16(np.float32(best_scale))
         if dv == 0 or not math.isfinite(dv):
             break
-        inv = 1.0 / np.float64(dv)
-        sumlx = 0.0
-        suml2 = 0.0
-        for j in range(QK):
-            v = np.float64(x[i0 + j])
-            l = _nearest(v * inv)
-            l = min(max(l, -nmax), nmax - 1)
-            tmp[j] = l + off
-            sumlx += w[j] * v * l
-            suml2 += w[j] * l * l
-        err = _block_err(kind, x, i0, w, tmp, dv, np.float32(0.0))
+        err, _sl, suml2, sumlx = _requant(xb, w, 1.0 / np.float64(dv), dv, np.float32(0.0), lo, hi, lv)
         if err < best_err:
             best_err = err
             improved = True
             dbits = bits
             for j in range(QK):
-                q[j] = tmp[j]
+                q[j] = int(lv[j]) + off
         if suml2 <= 0.0:
             break
         best_scale = sumlx / suml2
@@ -303,7 +321,7 @@ def _search_sym(kind, x, i0, w, xb, wb, wx, q, tmp, best_err):
 
 
 @njit(cache=True)
-def _search_asym(kind, x, i0, w, xb, wb, wx, q, tmp, best_err):
+def _search_asym(kind, x, i0, w, xb, wb, wx, q, lv, best_err):
     nmax = 15 if kind == _Q4_1 else 31
     mn = np.float64(x[i0])
     mx = mn
@@ -351,26 +369,14 @@ def _search_asym(kind, x, i0, w, xb, wb, wx, q, tmp, best_err):
         b2, mv = f32_to_f16(np.float32(bm))
         if dv <= 0 or not math.isfinite(dv) or not math.isfinite(mv):
             break
-        inv = 1.0 / np.float64(dv)
-        sum_l = 0.0
-        sum_l2 = 0.0
-        sum_xl = 0.0
-        for j in range(QK):
-            v = np.float64(x[i0 + j])
-            l = _nearest((v - np.float64(mv)) * inv)
-            l = min(max(l, 0), nmax)
-            tmp[j] = l
-            sum_l += w[j] * l
-            sum_l2 += w[j] * l * l
-            sum_xl += w[j] * l * v
-        err = _block_err(kind, x, i0, w, tmp, dv, mv)
+        err, sum_l, sum_l2, sum_xl = _requant(xb, w, 1.0 / np.float64(dv), dv, mv, 0.0, np.float64(nmax), lv)
         if err < best_err:
             best_err = err
             improved = True
             dbits = b1
             mbits = b2
             for j in range(QK):
-                q[j] = tmp[j]
+                q[j] = int(lv[j])
         D = sum_w * sum_l2 - sum_l * sum_l
         if D <= 0.0:
             break
@@ -417,7 +423,7 @@ def _quantize_search(kind, x, imat, use_imat, wmode, out):
     ts = _type_size(kind)
     for r in prange(rows):
         q = np.empty(QK, np.int64)
-        tmp = np.empty(QK, np.int64)
+        lv = np.empty(QK, np.float64)
         w = np.empty(QK, np.float64)
         xb = np.empty(QK, np.float32)
         wb = np.empty(QK, np.float32)
@@ -450,9 +456,9 @@ def _quantize_search(kind, x, imat, use_imat, wmode, out):
             else:
                 ref_err = np.inf
             if kind == _Q4_1 or kind == _Q5_1:
-                b1, b2, ok = _search_asym(kind, xr, i0, w, xb, wb, wx, q, tmp, ref_err)
+                b1, b2, ok = _search_asym(kind, xr, i0, w, xb, wb, wx, q, lv, ref_err)
             else:
-                b1, b2, ok = _search_sym(kind, xr, i0, w, xb, wb, wx, q, tmp, ref_err)
+                b1, b2, ok = _search_sym(kind, xr, i0, w, xb, wb, wx, q, lv, ref_err)
             if ok:
                 dbits = b1
                 mbits = b2

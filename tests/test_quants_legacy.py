@@ -280,3 +280,18 @@ def test_spec_worked_examples_decode():
         got = qt.dequantize(np.frombuffer(raw, np.uint8).reshape(1, -1), n)[0]
         np.testing.assert_array_equal(got, np.float32(values), err_msg=name)
         np.testing.assert_array_equal(got, gguf.quants.dequantize(np.frombuffer(raw, np.uint8), G[name]).reshape(-1))
+
+
+@pytest.mark.parametrize("name", LEGACY)
+def test_search_on_edge_rows(name):
+    """Zero, constant, tiny (fp16 scale underflow) and outlier blocks: the search must not
+    crash and never does worse than the reference block (plain squared error here, via an
+    all-ones importance matrix times sqrt(sigma2 + x^2))."""
+    qt = get_type(name)
+    x = np.delete(_edge_rows(), 9, axis=0)  # drop the fp16-overflow row: reference error inf/nan
+    x64 = x.astype(np.float64)
+    w = np.sqrt((x64 ** 2).mean(1, keepdims=True) + x64 ** 2)
+    e_s = _weighted_block_err(x, qt.dequantize(qt.quantize(x, search=True), 576), w)
+    e_r = _weighted_block_err(x, qt.dequantize(qt.quantize(x), 576), w)
+    assert np.all(np.isfinite(e_s))
+    assert np.all(e_s <= e_r * (1 + 1e-9) + 1e-300)

@@ -80,6 +80,12 @@ def test_dequantize_random_blocks_bit_exact(name):
     ref = gguf.quants.dequantize(raw, G[name])
     assert ours.shape == ref.shape == (300, 192)
     np.testing.assert_array_equal(_bits(ours), _bits(ref))
+    # fully random bytes too (inf/NaN scales): same IEEE results, NaNs in the same places
+    raw = np.random.default_rng(12).integers(0, 256, (200, 4 * get_type(name).type_size), dtype=np.uint8)
+    with np.errstate(all="ignore"):
+        ref = gguf.quants.dequantize(raw, G[name])
+    ours = get_type(name).dequantize(raw, 128)
+    assert np.array_equal(ours, ref, equal_nan=True)
 
 
 @pytest.mark.parametrize("name", LEGACY)

@@ -140,7 +140,8 @@ def test_quantize_shapes(name):
     np.testing.assert_array_equal(qt.quantize(x[0]), q2[:1])           # 1-D -> one row
     np.testing.assert_array_equal(qt.quantize(x.reshape(2, 3, 64)), q2)  # N-D -> rows
     np.testing.assert_array_equal(qt.quantize(x.astype(np.float64)), q2)
-    for bad in (np.zeros((4, 48), np.float32), np.zeros((2, 33), np.float32), np.zeros(31, np.float32)):
+    for bad in (np.zeros((4, 48), np.float32), np.zeros((2, 33), np.float32), np.zeros(31, np.float32),
+                np.float32(1.0)):
         with pytest.raises(QuantError):
             qt.quantize(bad)
     for val in (np.nan, np.inf):
@@ -236,6 +237,8 @@ def _float_samples():
 
 def test_f32_round_trip_exact():
     qt = get_type("F32")
+    with pytest.raises(QuantError):
+        qt.quantize(np.float32(2.0))
     x = _float_samples()
     q = qt.quantize(x)
     assert q.shape == (x.shape[0], 128)

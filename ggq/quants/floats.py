@@ -29,6 +29,12 @@ def _check_raw(qt: QuantType, data: np.ndarray, cols: int) -> np.ndarray:
     return np.ascontiguousarray(data)
 
 
+def _rows(qt: QuantType, x) -> np.ndarray:
+    if np.ndim(x) == 0:
+        raise QuantError(f"{qt.name}: cannot store a scalar as a tensor, need at least one row")
+    return as_rows(x)
+
+
 def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """float32 array -> uint16 bf16 bit patterns, exactly as ggml rounds."""
     n = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
@@ -43,7 +49,7 @@ class _F32(QuantType):
     name, ggml_id, block_size, type_size, is_float = "F32", 0, 1, 4, True
 
     def quantize(self, x, imatrix=None, search=False):
-        x = as_rows(x)
+        x = _rows(self, x)
         self.row_bytes(x.shape[1])
         return x.view(np.uint8).reshape(x.shape[0], -1).copy()
 
@@ -56,7 +62,7 @@ class _F16(QuantType):
     name, ggml_id, block_size, type_size, is_float = "F16", 1, 1, 2, True
 
     def quantize(self, x, imatrix=None, search=False):
-        x = as_rows(x)
+        x = _rows(self, x)
         with np.errstate(over="ignore"):  # out-of-range values become +-inf, as in ggml
             h = x.astype(np.float16)
         return h.view(np.uint8).reshape(x.shape[0], -1)
@@ -70,7 +76,7 @@ class _BF16(QuantType):
     name, ggml_id, block_size, type_size, is_float = "BF16", 30, 1, 2, True
 
     def quantize(self, x, imatrix=None, search=False):
-        x = as_rows(x)
+        x = _rows(self, x)
         return f32_to_bf16_bits(x).view(np.uint8).reshape(x.shape[0], -1)
 
     def dequantize(self, data, cols):

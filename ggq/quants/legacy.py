@@ -531,6 +531,8 @@ class _Legacy(QuantType):
     def quantize(self, x, imatrix=None, search=False):
         """float32 (rows, cols) -> uint8 (rows, row_bytes). imatrix=None and search=False:
         ggml's reference quantizer, bit for bit; otherwise the weighted least-squares search."""
+        if np.ndim(x) == 0:
+            raise QuantError(f"{self.name}: cannot quantize a scalar, need rows of {QK} values")
         x = as_rows(x)
         rows, cols = x.shape
         rb = self.row_bytes(cols)

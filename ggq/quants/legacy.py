@@ -1,6 +1,6 @@
 """32-element ("legacy") GGML block types: Q4_0 (id 2), Q4_1 (3), Q5_0 (6), Q5_1 (7), Q8_0 (8).
 
-Byte layouts are GGML's (see spec/QUANTS-32.md). Three quantization modes:
+Byte layouts are GGML's (see spec/QUANTS-32.md). Two quantization modes:
 
 * reference (imatrix=None, search=False): bit-for-bit ggml's quantize_row_*_ref, i.e. what
   `gguf.quants.quantize` produces. All arithmetic that decides a bit is done in float32 in

@@ -146,13 +146,18 @@ def bench(model, n_prompt, n_gen, threads, runs):
         click.echo(line(r))
 
 
-def nll_of_window(logits: np.ndarray, tokens: np.ndarray, first: int) -> np.ndarray:
-    """Negative log-likelihoods of tokens[first+1:] from logits[first:-1] (float64)."""
-    lg = logits[first:-1].astype(np.float64)
-    tgt = tokens[first + 1:]
-    m = lg.max(axis=1)
-    lse = m + np.log(np.exp(lg - m[:, None]).sum(axis=1))
-    return lse - lg[np.arange(len(tgt)), tgt]
+def nll_of_window(logits: np.ndarray, tokens: np.ndarray, first: int, rows: int = 64) -> np.ndarray:
+    """Negative log-likelihoods of tokens[first+1:] from logits[first:-1], in float64
+    (a few rows at a time: a float64 copy of a whole window's logits would be 200 MB)."""
+    n = logits.shape[0] - 1 - first
+    out = np.empty(n, dtype=np.float64)
+    for s in range(0, n, rows):
+        lg = logits[first + s:first + min(n, s + rows)].astype(np.float64)
+        tgt = tokens[first + 1 + s:first + 1 + s + lg.shape[0]]
+        m = lg.max(axis=1)
+        lse = m + np.log(np.exp(lg - m[:, None]).sum(axis=1))
+        out[s:s + lg.shape[0]] = lse - lg[np.arange(lg.shape[0]), tgt]
+    return out
 
 
 def ppl_with_error(nll_sum: float, nll2_sum: float, count: int) -> tuple[float, float]:

@@ -163,14 +163,11 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import numba
     numba.set_num_threads(a.threads)
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(a.threads)
-    except ImportError:
-        pass
+    from ggq.runtime.linear import set_blas_threads
+    set_blas_threads(a.threads)
     rng = np.random.default_rng(0)
     types = [t.strip().upper() for t in a.types.split(",") if t.strip()]
-    print(f"threads={a.threads} repeats={a.repeats} (best of)")
+    print(f"threads={a.threads} (Numba and BLAS) repeats={a.repeats} (best of)")
     tok, gbs = bench_numpy_decode(a.repeats, rng)
     print(f"{'numpy f32':>10} decode {tok:7.1f} tok/s {gbs:6.1f} GB/s   (float32 weights, same shapes)")
     for name in types:

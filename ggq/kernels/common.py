@@ -5,6 +5,9 @@ Why the intrinsics: Numba promotes integer arithmetic to int64, so a plain loop 
 int16 products becomes 32-bit multiplies (vpmulld) that leave the kernel arithmetic-bound.
 Emitting sext + mul + even/odd add + reduce directly lets LLVM pick pmaddwd on x86 (and the
 equivalent on other targets); the IR is target-neutral.
+
+Numba's on-disk cache keys a kernel on its own source file only: after editing this file,
+delete ggq/kernels/__pycache__/*.nbi/*.nbc, or kernels in legacy.py/kquants.py stay stale.
 """
 from __future__ import annotations
 

@@ -165,9 +165,14 @@ def store_kv(cache_k, cache_v, k, v, start, n_kv_heads, head_dim):
                 cache_v[g, start + i, j] = v[i, g * head_dim + j]
 
 
-def _attention_small(q, cache_k, cache_v, start, n_heads, n_kv_heads, head_dim, scale):
-    """Causal attention for a few queries (decode): one (query, head) per parallel task.
-    q: (n, n_heads*head_dim); query i sits at position start+i and sees positions 0..start+i."""
+def _rope_store_attend(q, k, v, cos, sin, cache_k, cache_v, start, n_heads, n_kv_heads, head_dim, scale):
+    """A decode step's attention in one call (fewer Python dispatches per layer): rotate q and k,
+    append k, v to the cache at start.., then causal attention for these few queries, one
+    (query, head) per parallel task. q: (n, n_heads*head_dim); query i sits at position
+    start+i and sees positions 0..start+i."""
+    rope_inplace(q, cos, sin, n_heads, head_dim)
+    rope_inplace(k, cos, sin, n_kv_heads, head_dim)
+    store_kv(cache_k, cache_v, k, v, start, n_kv_heads, head_dim)
     n = q.shape[0]
     group = n_heads // n_kv_heads
     out = np.empty((n, n_heads * head_dim), dtype=np.float32)
@@ -204,8 +209,8 @@ def _attention_small(q, cache_k, cache_v, start, n_heads, n_kv_heads, head_dim, 
 
 
 # Compiled twice: threads pay off only once the context is long enough.
-attention_small = njit(cache=True, fastmath=True)(_attention_small)
-attention_small_par = njit(cache=True, parallel=True, fastmath=True)(_attention_small)
+rope_store_attend = njit(cache=True, fastmath=True)(_rope_store_attend)
+rope_store_attend_par = njit(cache=True, parallel=True, fastmath=True)(_rope_store_attend)
 PARALLEL_ATTENTION_MIN = 256  # positions x queries
 
 
@@ -364,19 +369,19 @@ class Llama:
             q = np.ascontiguousarray(L.wq(h))
             k = np.ascontiguousarray(L.wk(h))
             v = np.ascontiguousarray(L.wv(h))
-            rope_inplace(q, cos, sin, nh, hd)
-            rope_inplace(k, cos, sin, nkv, hd)
             ck, cv = self.cache_k[li], self.cache_v[li]
-            store_kv(ck, cv, k, v, start_pos, nkv, hd)
             if use_blas:
+                rope_inplace(q, cos, sin, nh, hd)
+                rope_inplace(k, cos, sin, nkv, hd)
+                store_kv(ck, cv, k, v, start_pos, nkv, hd)
                 # small per-head matmuls: one BLAS thread (see runtime.generate, BLAS threads)
                 blas_set_threads(1)
                 a = attention_blas(q, ck, cv, start_pos, nh, nkv, hd, self.scale, mask)
                 blas_set_threads(blas_n)
             elif (start_pos + n) * n >= PARALLEL_ATTENTION_MIN:
-                a = attention_small_par(q, ck, cv, start_pos, nh, nkv, hd, self.scale)
+                a = rope_store_attend_par(q, k, v, cos, sin, ck, cv, start_pos, nh, nkv, hd, self.scale)
             else:
-                a = attention_small(q, ck, cv, start_pos, nh, nkv, hd, self.scale)
+                a = rope_store_attend(q, k, v, cos, sin, ck, cv, start_pos, nh, nkv, hd, self.scale)
             x = x + L.wo(a)
             h = rmsnorm(x, L.ffn_norm, cfg.eps)
             x = x + L.down(silu_mul(np.ascontiguousarray(L.gate(h)), np.ascontiguousarray(L.up(h))))

@@ -78,9 +78,10 @@ def resolve_model_path(path=None, log=None) -> Path:
 def set_threads(threads) -> int:
     """Numba worker threads for this process (None: all cores Numba sees).
 
-    NumPy's BLAS (prompt matmuls) runs single-threaded unless GGQ_BLAS_THREADS says otherwise:
-    its spinning worker threads fight Numba's for the same cores, and measured on a shared
-    2-core machine one BLAS thread was 3-4x faster for a 512-token batch than two."""
+    NumPy's BLAS (prompt matmuls) gets the same count unless GGQ_BLAS_THREADS says otherwise.
+    On an idle 2-core machine two BLAS threads gave pp128 384 tok/s against 305 with one; on a
+    loaded one (other processes on the cores) its spinning threads collapse (a 512-token batch
+    took 11 s instead of 3 s): GGQ_BLAS_THREADS=1 is the remedy there."""
     import numba
 
     from .runtime.generate import blas_set_threads
@@ -93,7 +94,7 @@ def set_threads(threads) -> int:
     numba.set_num_threads(int(threads))
     env = os.environ.get("GGQ_BLAS_THREADS", "").strip()
     try:
-        blas = max(1, min(int(env), int(threads))) if env else 1
+        blas = max(1, min(int(env), int(threads))) if env else int(threads)
     except ValueError:
         raise UsageError(f"GGQ_BLAS_THREADS must be an integer (got {env!r})") from None
     blas_set_threads(blas)

@@ -109,7 +109,9 @@ def test_tokenizer_rebuilt_from_gguf(hf_export):
     assert tok.encode("Hello").ids[0] != 1  # no BOS added
     from pathlib import Path
     p = Path(__file__).resolve().parents[1].parent / "shared" / "eval_dev.txt"
-    text = p.read_text()[:20000] if p.exists() else "It was a truth universally acknowledged, 1811. Ünïcödé ✓"
+    text = p.read_text()[:20000] if p.exists() else ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+                                                        "must be in want of a wife. However little known the feelings or views of such a man may be "
+                                                        "on his first entering a neighbourhood, this truth is so well fixed. Ünïcödé ✓ 1811")
     ids = tok.encode(text).ids
     assert tok.decode(ids, skip_special_tokens=False) == text
     assert len(ids) < len(text) / 3  # a real BPE, not bytes

@@ -84,7 +84,7 @@ def set_threads(threads) -> int:
     took 11 s instead of 3 s): GGQ_BLAS_THREADS=1 is the remedy there."""
     import numba
 
-    from .runtime.generate import blas_set_threads
+    from .runtime.blas import blas_set_threads
 
     limit = numba.config.NUMBA_NUM_THREADS
     if threads is None:

@@ -163,8 +163,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import numba
     numba.set_num_threads(a.threads)
-    from ggq.runtime.linear import set_blas_threads
-    set_blas_threads(a.threads)
+    from ggq.runtime.blas import blas_set_threads
+    blas_set_threads(a.threads)
     rng = np.random.default_rng(0)
     types = [t.strip().upper() for t in a.types.split(",") if t.strip()]
     print(f"threads={a.threads} (Numba and BLAS) repeats={a.repeats} (best of)")

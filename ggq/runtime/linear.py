@@ -152,29 +152,3 @@ def embedding_rows(qtype, w: np.ndarray, cols: int, ids) -> np.ndarray:
     for i, t in enumerate(ids.tolist()):
         dequantize_rows(qtype, w, cols, t, t + 1, out[i:i + 1])
     return out
-
-
-def set_blas_threads(n: int) -> bool:
-    """Best effort: limit the OpenBLAS that NumPy loaded to n threads (the prompt path's sgemm),
-    so `-t` governs BLAS as well as Numba. Returns False when no OpenBLAS is found."""
-    import ctypes
-    import re
-    try:
-        with open("/proc/self/maps") as f:
-            libs = sorted({m.group(1) for m in re.finditer(r"(/\S*openblas\S*\.so[\w.]*)", f.read())})
-    except OSError:
-        return False
-    done = False
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for fn in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                   "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            f = getattr(lib, fn, None)
-            if f is not None:
-                f(ctypes.c_int(int(n)))
-                done = True
-                break
-    return done

@@ -15,6 +15,7 @@ contiguous (positions, head_dim) block, which suits both BLAS (prompt) and the d
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -237,6 +238,15 @@ def attention_blas(q, cache_k, cache_v, start, n_heads, n_kv_heads, head_dim, sc
 # ---------------------------------------------------------------------------------------------
 # the model
 
+def lazy_zeros(shape) -> np.ndarray:
+    """float32 zeros whose pages become resident only when written (the KV cache: only the
+    positions used cost memory). Not np.zeros: numpy asks for transparent huge pages on big
+    arrays, and then one write makes a whole 2 MiB region resident."""
+    count = int(np.prod(shape))
+    buf = mmap.mmap(-1, max(count * 4, 1))  # anonymous, zero-filled, 4 KiB pages
+    return np.frombuffer(buf, dtype=np.float32, count=count).reshape(shape)
+
+
 class Matrix:
     """A weight matrix as stored: quant type + uint8 rows view of the mmap."""
     __slots__ = ("name", "qtype", "raw", "rows", "cols", "exact")
@@ -316,10 +326,9 @@ class Llama:
             raise UsageError(f"context size must be at least 1 (got {n_ctx})")
         self.n_ctx = n_ctx
         self.cos, self.sin = rope_tables(n_ctx, rope_inv_freq(hd, cfg.rope_base, cfg.rope_scaling))
-        # np.zeros maps pages lazily: only the positions actually used become resident.
         shape = (cfg.n_layers, cfg.n_kv_heads, n_ctx, hd)
-        self.cache_k = np.zeros(shape, dtype=np.float32)
-        self.cache_v = np.zeros(shape, dtype=np.float32)
+        self.cache_k = lazy_zeros(shape)
+        self.cache_v = lazy_zeros(shape)
         self.scale = np.float32(1.0 / math.sqrt(hd))
 
     def set_exact(self, exact: bool) -> None:

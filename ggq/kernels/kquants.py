@@ -231,10 +231,10 @@ def _sb_q2_k(w, o, xq, xd, xs, sb):
 
 # ---------------------------------------------------------------------------------------
 # matvec: the same body per type, written out so each compiles (and caches) on its own,
-# (Numba's disk cache misses every run for kernels built by a factory or given the block
-# decoder as an argument: its key holds the decoder's address.)
 # only when a model uses it. 4 rows per iteration; the last group's extra rows are clamped
 # to rows-1 (recomputed, written once).
+# (Numba's disk cache misses every run for kernels built by a factory or given the block
+# decoder as an argument: its key holds the decoder's address.)
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q2_k(w, x, y):

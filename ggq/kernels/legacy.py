@@ -59,9 +59,9 @@ def _blk_q8_0(w, o, xq, xd, xs, b):
 # ---------------------------------------------------------------------------------------
 # matvec kernels: w uint8 (rows, row_bytes), x float32 (cols,), y float32 (rows,).
 # Same body per type, written out so each compiles (and caches) on its own, only when a
+# model uses it. Rows of the last group are clamped to rows-1 (recomputed, written once).
 # (Numba's disk cache misses every run for kernels built by a factory or given the block
 # decoder as an argument: its key holds the decoder's address.)
-# model uses it. Rows of the last group are clamped to rows-1 (recomputed, written once).
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q8_0(w, x, y):

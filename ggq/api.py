@@ -104,7 +104,7 @@ def set_threads(threads) -> int:
 class Model:
     """A loaded model: weights mmapped, KV cache of n_ctx positions, embedded tokenizer."""
 
-    def __init__(self, path, n_ctx: int | None = None, threads: int | None = None):
+    def __init__(self, path, n_ctx: int | None = None, threads: int | None = None, use_mmap: bool = True):
         from .format import GGQReader
         from .models.llama import Llama
         from .runtime.tokenizer import Tokenizer
@@ -116,7 +116,7 @@ class Model:
         self.path = Path(path)
         self.reader = GGQReader(self.path)
         try:
-            self.llama = Llama(self.reader, n_ctx=n_ctx, source=self.path.name)
+            self.llama = Llama(self.reader, n_ctx=n_ctx, source=self.path.name, use_mmap=use_mmap)
             self.tokenizer = Tokenizer(self.reader.metadata, source=self.path.name)
         except BaseException:
             self.reader.close()
@@ -207,7 +207,9 @@ class Model:
         return f"<ggq.Model {self.path.name} ctx={self.n_ctx} threads={self.threads}>"
 
 
-def load(path=None, n_ctx: int | None = None, threads: int | None = None, log=None) -> Model:
+def load(path=None, n_ctx: int | None = None, threads: int | None = None, log=None,
+         use_mmap: bool = True) -> Model:
     """Load a model for inference. path: a .ggq file, a .gguf file (imported once into the
-    cache with its tensors copied as they are), or None for the default model."""
-    return Model(resolve_model_path(path, log), n_ctx=n_ctx, threads=threads)
+    cache with its tensors copied as they are), or None for the default model.
+    use_mmap=False copies the weights into memory (faster decode, slower load)."""
+    return Model(resolve_model_path(path, log), n_ctx=n_ctx, threads=threads, use_mmap=use_mmap)

@@ -112,6 +112,20 @@ def test_batched_prefill_equals_single_batch(tiny_ggq):
     np.testing.assert_allclose(chunked, full, atol=1e-5 * np.abs(full).max())
 
 
+@pytest.mark.parametrize("preset", ["q8_0", "q4_0"])
+def test_no_mmap_copies_weights_and_gives_identical_logits(tiny_ggq, preset, capsys):
+    path = tiny_ggq("tied", preset)
+    mapped, copied = ggq.load(path, n_ctx=64), ggq.load(path, n_ctx=64, use_mmap=False)
+    toks = _tokens(20, seed=5)
+    np.testing.assert_array_equal(copied.logits(toks), mapped.logits(toks))
+    np.testing.assert_array_equal(copied.llama.forward(toks[:1], 0), mapped.llama.forward(toks[:1], 0))
+    assert all(m.raw.base is not None and not isinstance(m.raw.base, np.memmap) for m in copied.llama.matrices())
+    raw_mapped = [m.raw for m in mapped.llama.matrices()]
+    assert not any(np.shares_memory(m.raw, r) for m, r in zip(copied.llama.matrices(), raw_mapped))
+    rc, out, _ = _cli(capsys, "run", path, "-p", "the cat", "-n", 4, "--temp", 0, "-c", 64, "--no-mmap")
+    assert rc == 0 and out == "".join(mapped.generate("the cat", 4, temperature=0)) + "\n"
+
+
 def test_rope_frequencies_match_transformers_formula():
     from ggq.models.llama import rope_inv_freq
 

@@ -16,10 +16,15 @@ def _log(msg: str) -> None:
     click.echo(f"ggq: {msg}", err=True)
 
 
-def _load(model, ctx, threads):
+def _load(model, ctx, threads, no_mmap=False):
     from ..api import load
 
-    return load(model, n_ctx=ctx, threads=threads, log=_log)
+    return load(model, n_ctx=ctx, threads=threads, log=_log, use_mmap=not no_mmap)
+
+
+no_mmap_option = click.option(
+    "--no-mmap", is_flag=True,
+    help="Copy the weights into memory instead of reading them through mmap (slower load, faster decode).")
 
 
 @cli.command()
@@ -38,8 +43,9 @@ def _load(model, ctx, threads):
 @click.option("-s", "--seed", type=int, help="Random seed [default: random].")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @click.option("-sys", "--system", help="System message (with --chat).")
+@no_mmap_option
 def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, top_k, top_p, min_p,
-        repeat_penalty, seed, chat, system):
+        repeat_penalty, seed, chat, system, no_mmap):
     """Generate text from MODEL (.ggq or .gguf; default: SmolLM2-135M-Instruct at q4_k_m).
 
     Text streams to stdout; load time, prompt and generation speed go to stderr at the end."""
@@ -56,7 +62,7 @@ def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, 
         raise UsageError("no prompt: give -p TEXT or -f FILE")
     if system is not None and not chat:
         chat = True  # a system message only makes sense in a chat
-    m = _load(model, ctx_size, threads)
+    m = _load(model, ctx_size, threads, no_mmap)
     pieces = m.generate(prompt, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, chat=chat, system=system)
     out = sys.stdout
@@ -115,14 +121,15 @@ def bench_model(m, n_prompt: int, n_gen: int, runs: int, seed: int = 0):
 @click.option("-n", "--n-gen", default=64, show_default=True, type=int, help="Generated tokens (tg test; 0: skip).")
 @click.option("-t", "--threads", type=int, help="Threads [default: all cores].")
 @click.option("-r", "--repetitions", "runs", default=5, show_default=True, type=int, help="Runs per test (after one warm-up).")
-def bench(model, n_prompt, n_gen, threads, runs):
+@no_mmap_option
+def bench(model, n_prompt, n_gen, threads, runs, no_mmap):
     """Prompt processing (ppN) and generation (tgN) speed of MODEL, like llama-bench.
 
     ppN evaluates N random tokens in one batch; tgN generates N tokens one at a time, both from
     an empty context. Figures are tokens/s, mean ± standard deviation over the runs."""
     if runs < 1 or n_prompt < 0 or n_gen < 0:
         raise UsageError("repetitions must be >= 1 and token counts >= 0")
-    m = _load(model, max(n_prompt, n_gen, 1), threads)
+    m = _load(model, max(n_prompt, n_gen, 1), threads, no_mmap)
     res = bench_model(m, n_prompt, n_gen, runs)
     preset = m.metadata.get("general.preset") or "?"
     rows = []
@@ -179,7 +186,8 @@ def ppl_with_error(nll_sum: float, nll2_sum: float, count: int) -> tuple[float, 
               help="full: score tokens 1..c-1 of each window; half: tokens c/2+1..c-1 "
                    "(llama-perplexity); both: report the two from the same pass.")
 @click.option("-t", "--threads", type=int, help="Threads [default: all cores].")
-def perplexity(model, text_file, ctx_size, chunks, protocol, threads):
+@no_mmap_option
+def perplexity(model, text_file, ctx_size, chunks, protocol, threads, no_mmap):
     """Perplexity of MODEL on a text file (.ggq or .gguf).
 
     Protocol: the whole text is tokenized at once with no special tokens and no BOS; it is cut
@@ -197,7 +205,7 @@ def perplexity(model, text_file, ctx_size, chunks, protocol, threads):
             text = fh.read()
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{text_file}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    m = _load(model, ctx_size, threads)
+    m = _load(model, ctx_size, threads, no_mmap)
     t0 = time.perf_counter()
     tokens = np.array(m.tokenizer.encode(text, add_bos=False), dtype=np.int64)
     n_win = len(tokens) // ctx_size

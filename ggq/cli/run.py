@@ -46,7 +46,7 @@ no_mmap_option = click.option(
 @no_mmap_option
 def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, top_k, top_p, min_p,
         repeat_penalty, seed, chat, system, no_mmap):
-    """Generate text from MODEL (.ggq or .gguf; default: SmolLM2-135M-Instruct at q4_k_m).
+    """Generate text from MODEL (.ggq or .gguf; default: SmolLM2-135M-Instruct as shipped, Q4_1).
 
     Text streams to stdout; load time, prompt and generation speed go to stderr at the end."""
     t_start = time.perf_counter()
@@ -190,12 +190,13 @@ def ppl_with_error(nll_sum: float, nll2_sum: float, count: int) -> tuple[float, 
 def perplexity(model, text_file, ctx_size, chunks, protocol, threads, no_mmap):
     """Perplexity of MODEL on a text file (.ggq or .gguf).
 
-    Protocol: the whole text is tokenized at once with no special tokens and no BOS; it is cut
-    into non-overlapping windows of c tokens starting at token 0 (the remainder is dropped) and
-    each window is evaluated alone from an empty cache. `full` scores the predictions of tokens
-    1..c-1 of every window; `half` scores only tokens c/2+1..c-1 (c=512: 257..511), which is what
-    llama-perplexity does for a model without BOS. Prints the running PPL after each window and
-    the final PPL ± its standard error (computed like llama-perplexity)."""
+    Protocol (llama-perplexity's): the whole text is tokenized at once with no special tokens,
+    after a BOS only if the model adds one; it is cut into non-overlapping windows of c tokens
+    starting at token 0 (the remainder is dropped) and each window is evaluated alone from an
+    empty cache, its first token replaced by BOS when the model adds one (Gemma; SmolLM2 adds
+    none). `full` scores the predictions of tokens 1..c-1 of every window; `half` scores only
+    tokens c/2+1..c-1 (c=512: 257..511), as llama-perplexity does. Prints the running PPL after
+    each window and the final PPL ± its standard error (computed like llama-perplexity)."""
     if ctx_size < 4:
         raise UsageError(f"window size must be at least 4 tokens (got {ctx_size})")
     if chunks is not None and chunks < 1:
@@ -207,7 +208,8 @@ def perplexity(model, text_file, ctx_size, chunks, protocol, threads, no_mmap):
         raise UsageError(f"{text_file}: cannot read ({getattr(e, 'strerror', None) or e})") from None
     m = _load(model, ctx_size, threads, no_mmap)
     t0 = time.perf_counter()
-    tokens = np.array(m.tokenizer.encode(text, add_bos=False), dtype=np.int64)
+    bos = m.tokenizer.bos_id if m.tokenizer.add_bos else None
+    tokens = np.array(m.tokenizer.encode(text), dtype=np.int64)
     n_win = len(tokens) // ctx_size
     if n_win == 0:
         raise UsageError(f"{text_file}: {len(tokens)} tokens, fewer than one window of {ctx_size}")
@@ -216,11 +218,14 @@ def perplexity(model, text_file, ctx_size, chunks, protocol, threads, no_mmap):
     firsts = {"full": 0, "half": ctx_size // 2}
     names = ["full", "half"] if protocol == "both" else [protocol]
     scoring = ", ".join(f"{p}: tokens {firsts[p] + 1}..{ctx_size - 1}" for p in names)
-    _log(f"{m.path.name}: {len(tokens)} tokens, {n_win} windows of {ctx_size}, no BOS, "
+    _log(f"{m.path.name}: {len(tokens)} tokens, {n_win} windows of {ctx_size}, "
+         f"{'BOS first in each window' if bos is not None else 'no BOS'}, "
          f"scoring {scoring} of each window, threads {m.threads}")
     acc = {p: [0.0, 0.0, 0] for p in names}
     for w in range(n_win):
-        win = tokens[w * ctx_size:(w + 1) * ctx_size]
+        win = tokens[w * ctx_size:(w + 1) * ctx_size].copy()
+        if bos is not None:
+            win[0] = bos
         lg = m.logits(win)
         for p in names:
             nll = nll_of_window(lg, win, firsts[p])

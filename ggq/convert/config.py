@@ -238,19 +238,22 @@ class ModelConfig:
 
     def summary(self) -> str:
         """The resolved hyperparameters, one line, for `ggq convert`'s report."""
+        def g(v):
+            return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
+
         parts = [f"arch {self.arch}", f"layers {self.block_count}", f"hidden {self.embedding_length}",
                  f"ffn {self.feed_forward_length}",
                  f"heads {self.head_count}/{self.head_count_kv} kv", f"head_dim {self.key_length}",
-                 f"rope base {self.rope_freq_base:g}"]
+                 f"rope base {g(self.rope_freq_base)}"]
         if self.rope_scaling_type != "none":
-            parts.append(f"rope scaling {self.rope_scaling_type} x{self.rope_scaling_factor:g}")
+            parts.append(f"rope scaling {self.rope_scaling_type} x{g(self.rope_scaling_factor)}")
         if self.arch == "gemma3":
             loc = sum(self.local_layers())
-            parts.append(f"local rope base {self.rope_freq_base_swa:g}")
+            parts.append(f"local rope base {g(self.rope_freq_base_swa)}")
             parts.append(f"sliding window {self.sliding_window} on {loc}/{self.block_count} layers")
-            parts.append(f"query scale 1/sqrt({self.query_pre_attn_scalar:g})")
+            parts.append(f"query scale 1/sqrt({g(self.query_pre_attn_scalar)})")
             if self.final_logit_softcapping:
-                parts.append(f"logit softcap {self.final_logit_softcapping:g}")
+                parts.append(f"logit softcap {g(self.final_logit_softcapping)}")
         parts += [f"eps {self.rms_eps:g}", f"context {self.context_length}", f"vocab {self.vocab_size}",
                   "tied embeddings" if self.tie_word_embeddings else "separate output"]
         return ", ".join(parts)

@@ -106,7 +106,7 @@ class Model:
 
     def __init__(self, path, n_ctx: int | None = None, threads: int | None = None, use_mmap: bool = True):
         from .format import GGQReader
-        from .models.llama import Llama
+        from .models import build_model
         from .runtime.tokenizer import Tokenizer
 
         t0 = time.perf_counter()
@@ -116,7 +116,8 @@ class Model:
         self.path = Path(path)
         self.reader = GGQReader(self.path)
         try:
-            self.llama = Llama(self.reader, n_ctx=n_ctx, source=self.path.name, use_mmap=use_mmap)
+            # the forward pass of the file's architecture (Llama, Gemma3); named .llama for history
+            self.llama = build_model(self.reader, n_ctx=n_ctx, source=self.path.name, use_mmap=use_mmap)
             self.tokenizer = Tokenizer(self.reader.metadata, source=self.path.name)
         except BaseException:
             self.reader.close()

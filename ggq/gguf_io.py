@@ -51,6 +51,11 @@ _TYPE_FTYPE = {
 GGQ_LLAMA3_PREFIX = "ggq.rope.scaling."
 
 SPM_SPACE = "\u2581"  # "▁"
+# general.* keys that only describe the model: written to GGUF as they are when the .ggq has them
+_GENERAL_PASSTHROUGH = ("general.basename", "general.finetune", "general.size_label", "general.version",
+                        "general.organization", "general.author", "general.description", "general.license",
+                        "general.license.name", "general.license.link", "general.url", "general.repo_url",
+                        "general.quantized_by", "general.tags", "general.languages")
 ARCHITECTURES = ("llama", "gemma3")
 
 
@@ -316,6 +321,12 @@ def export_gguf(ggq_path, gguf_path, force: bool = False) -> Path:
             # general.architecture is added by the writer itself
             w.add_name(str(md.get("general.name") or src.stem))
             w.add_type("model")
+            for k in _GENERAL_PASSTHROUGH:  # descriptive keys a GGUF import may have kept
+                v = md.get(k)
+                if isinstance(v, str):
+                    w.add_string(k, v)
+                elif isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+                    w.add_array(k, v)
             w.add_quantization_version(gguf.GGML_QUANT_VERSION)
             ftype = file_type_for(md, f.tensors)
             if ftype is not None:

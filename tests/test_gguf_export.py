@@ -351,3 +351,330 @@ def test_smollm2_import_export_is_byte_identical(smollm2_gguf, tmp_path):
         assert ra.fields[k].contents() == rb.fields[k].contents(), k
         assert ra.fields[k].types == rb.fields[k].types, k
     assert os.path.getsize(out) == pytest.approx(os.path.getsize(smollm2_gguf), rel=0.01)
+
+
+# ============================================================================= gemma3 + SentencePiece
+
+G_HIDDEN, G_HEADS, G_KV, G_HD, G_FFN = 256, 4, 1, 64, 512
+
+
+def spm_vocab():
+    """A tiny SentencePiece vocabulary, Gemma-like: control, user-defined, byte and scored tokens."""
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "\n", "\n\n", "  "]
+    types = [3, 3, 3, 3, 3, 3, 4, 4, 4]
+    scores = [-1000.0] * len(tokens)
+    for b in range(256):
+        tokens.append(f"<0x{b:02X}>")
+        types.append(6)
+        scores.append(0.0)
+    for i, t in enumerate(["▁", "a", "b", "c", "h", "i", "ab", "bc", "abc", "▁a", "hi", "▁hi", "▁abc"]):
+        tokens.append(t)
+        types.append(1)
+        scores.append(-float(i))
+    return tokens, scores, types
+
+
+def spm_gguf_tokenizer(tmp_path, add_space_prefix: bool):
+    from ggq.convert.tokenizer_gguf import tokenizer_from_gguf
+
+    tokens, scores, types = spm_vocab()
+    p = tmp_path / f"spm{int(add_space_prefix)}.gguf"
+    w = gguf.GGUFWriter(str(p), "gemma3")
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_unk_token_id(3)
+    w.add_pad_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(add_space_prefix)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return tokenizer_from_gguf(GGUFReader(str(p)), p.name)
+
+
+def gemma3_shapes(n_vocab: int, layers: int = 2) -> dict:
+    out = {"token_embd.weight": (n_vocab, G_HIDDEN), "output_norm.weight": (G_HIDDEN,)}
+    for i in range(layers):
+        p = f"blk.{i}."
+        out.update({p + "attn_norm.weight": (G_HIDDEN,), p + "attn_q.weight": (G_HEADS * G_HD, G_HIDDEN),
+                    p + "attn_k.weight": (G_KV * G_HD, G_HIDDEN), p + "attn_v.weight": (G_KV * G_HD, G_HIDDEN),
+                    p + "attn_output.weight": (G_HIDDEN, G_HEADS * G_HD), p + "attn_q_norm.weight": (G_HD,),
+                    p + "attn_k_norm.weight": (G_HD,), p + "post_attention_norm.weight": (G_HIDDEN,),
+                    p + "ffn_norm.weight": (G_HIDDEN,), p + "ffn_gate.weight": (G_FFN, G_HIDDEN),
+                    p + "ffn_up.weight": (G_FFN, G_HIDDEN), p + "ffn_down.weight": (G_HIDDEN, G_FFN),
+                    p + "post_ffw_norm.weight": (G_HIDDEN,)})
+    return out
+
+
+def write_gemma3_ggq(path, tk, *, ggml_metadata: bool = True, **overrides):
+    """A .ggq as the converter writes a gemma3 model; overrides: metadata key -> (value, vtype),
+    value None drops the key. ggml_metadata False: only the tokenizer.json (an HF-made .ggq)."""
+    tokens = json.loads(tk.json)
+    n_vocab = max(list(tokens["model"]["vocab"].values()) + [a["id"] for a in tokens["added_tokens"]]) + 1
+    md = {"general.architecture": ("gemma3", "str"), "general.name": ("tiny gemma", "str"),
+          "gemma3.block_count": (2, "u32"), "gemma3.embedding_length": (G_HIDDEN, "u32"),
+          "gemma3.feed_forward_length": (G_FFN, "u32"), "gemma3.attention.head_count": (G_HEADS, "u32"),
+          "gemma3.attention.head_count_kv": (G_KV, "u32"), "gemma3.attention.key_length": (G_HD, "u32"),
+          "gemma3.attention.layer_norm_rms_epsilon": (1e-6, "f32"), "gemma3.rope.freq_base": (1e6, "f32"),
+          "gemma3.rope.scaling.type": ("none", "str"), "gemma3.context_length": (4096, "u32"),
+          "gemma3.vocab_size": (n_vocab, "u32"), "gemma3.tie_word_embeddings": (True, "bool"),
+          "gemma3.rope.freq_base_swa": (10000.0, "f32"), "gemma3.attention.sliding_window": (512, "u32"),
+          "gemma3.attention.sliding_window_pattern": (6, "u32"),
+          "gemma3.attention.query_pre_attn_scalar": (float(G_HD), "f32"),
+          "tokenizer.huggingface.json": (tk.json, "str"), "tokenizer.bos_token_id": (tk.bos_token_id, "i32"),
+          "tokenizer.eos_token_id": (tk.eos_token_id, "i32"), "tokenizer.add_bos_token": (tk.add_bos_token, "bool")}
+    if ggml_metadata:
+        md.update({k: (v, vt) for k, v, vt in tk.metadata})
+    md.update(overrides)
+    types = ["Q8_0", "Q4_K", "Q6_K", "Q5_0", "Q4_0", "F16"]
+    rng = np.random.default_rng(5)
+    with GGQWriter(path) as w:
+        for k, (v, vt) in md.items():
+            if v is not None:
+                w.add_metadata(k, v, vt)
+        plan = {}
+        for i, (name, shape) in enumerate(gemma3_shapes(n_vocab).items()):
+            plan[name] = (get_type("F32") if len(shape) == 1 else get_type(types[i % len(types)]), shape)
+            w.add_tensor(name, plan[name][0], shape)
+        for name, (qt, shape) in plan.items():
+            x = rng.standard_normal(shape, dtype=np.float32).reshape(-1, shape[-1])
+            w.write_tensor(name, qt.quantize(x))
+    return path
+
+
+TEXTS_SPM = ["abc hi", " a bc  hi\n\nabc", "<start_of_turn>user\nhi<end_of_turn>\n", "héé 🦙 abcabc", "", "hi"]
+
+
+@pytest.fixture(scope="module")
+def gemma3_tk(tmp_path_factory):
+    return spm_gguf_tokenizer(tmp_path_factory.mktemp("spm"), add_space_prefix=False)
+
+
+@pytest.fixture(scope="module")
+def gemma3_pair(gemma3_tk, tmp_path_factory):
+    d = tmp_path_factory.mktemp("g3")
+    g = write_gemma3_ggq(d / "g.ggq", gemma3_tk)
+    out = export_gguf(g, d / "g.gguf")
+    return g, out
+
+
+def test_gemma3_hyperparameters(gemma3_pair):
+    g, out = gemma3_pair
+    r = GGUFReader(str(out))
+    U32, F32 = [gguf.GGUFValueType.UINT32], [gguf.GGUFValueType.FLOAT32]
+    want = {"block_count": (2, U32), "embedding_length": (G_HIDDEN, U32), "feed_forward_length": (G_FFN, U32),
+            "attention.head_count": (G_HEADS, U32), "attention.head_count_kv": (G_KV, U32),
+            "attention.key_length": (G_HD, U32), "attention.value_length": (G_HD, U32),
+            "context_length": (4096, U32), "attention.sliding_window": (512, U32),
+            "attention.sliding_window_pattern": (6, U32)}
+    assert field(r, "general.architecture") == "gemma3"
+    for k, (v, t) in want.items():
+        assert field(r, "gemma3." + k) == v and r.fields["gemma3." + k].types == t, k
+    for k, v in (("rope.freq_base", 1e6), ("rope.freq_base_swa", 1e4), ("attention.layer_norm_rms_epsilon", 1e-6)):
+        assert field(r, "gemma3." + k) == pytest.approx(v) and r.fields["gemma3." + k].types == F32, k
+    # not llama.cpp keys (or not what llama.cpp's own gemma3 converter writes)
+    for k in ("attention.query_pre_attn_scalar", "tie_word_embeddings", "rope.dimension_count",
+              "rope.scaling.type", "final_logit_softcapping", "vocab_size"):
+        assert "gemma3." + k not in r.fields, k
+
+
+def test_gemma3_tensors_not_permuted(gemma3_pair):
+    g, out = gemma3_pair
+    tensors = gguf_tensors(out)
+    with GGQReader(g) as f:
+        assert set(tensors) == set(f.tensors)
+        for name, info in f.tensors.items():
+            t = tensors[name]
+            assert int(t.tensor_type) == info.type_id, name
+            assert tuple(int(d) for d in reversed(t.shape.tolist())) == tuple(info.shape), name
+            assert np.asarray(t.data).reshape(-1).view(np.uint8).tobytes() == f.raw(name).tobytes(), name
+
+
+def test_spm_tokenizer_written_from_metadata(gemma3_pair, gemma3_tk):
+    from tokenizers import Tokenizer
+
+    from ggq.convert.tokenizer_gguf import tokenizer_from_gguf
+
+    g, out = gemma3_pair
+    r = GGUFReader(str(out))
+    tokens, scores, types = spm_vocab()
+    assert field(r, "tokenizer.ggml.model") == "llama" and field(r, "tokenizer.ggml.pre") == "default"
+    assert field(r, "tokenizer.ggml.tokens") == tokens
+    assert field(r, "tokenizer.ggml.scores") == scores
+    assert field(r, "tokenizer.ggml.token_type") == types
+    assert r.fields["tokenizer.ggml.scores"].types[-1] == gguf.GGUFValueType.FLOAT32
+    assert r.fields["tokenizer.ggml.token_type"].types[-1] == gguf.GGUFValueType.INT32
+    for k, v in (("bos_token_id", 2), ("eos_token_id", 1), ("unknown_token_id", 3), ("padding_token_id", 0),
+                 ("add_bos_token", True), ("add_eos_token", False), ("add_space_prefix", False)):
+        assert field(r, "tokenizer.ggml." + k) == v, k
+    assert "tokenizer.ggml.merges" not in r.fields
+    back = Tokenizer.from_str(tokenizer_from_gguf(r, out.name).json)
+    orig = Tokenizer.from_str(gemma3_tk.json)
+    for t in TEXTS_SPM:
+        assert back.encode(t).ids == orig.encode(t).ids, t
+
+
+def test_gemma3_optional_keys(gemma3_tk, tmp_path):
+    pattern = [True, True, False]
+    g = write_gemma3_ggq(tmp_path / "o.ggq", gemma3_tk,
+                         **{"gemma3.attention.sliding_window_pattern": (pattern, "array[bool]"),
+                            "gemma3.final_logit_softcapping": (30.0, "f32"),
+                            "gemma3.rope.scaling.type": ("linear", "str"),
+                            "gemma3.rope.scaling.factor": (8.0, "f32"),
+                            "gemma3.rope.freq_base_swa": (None, None),
+                            "general.basename": ("tiny", "str"), "general.tags": (["a", "b"], "array[string]")})
+    out = export_gguf(g, tmp_path / "o.gguf")
+    r = GGUFReader(str(out))
+    assert field(r, "gemma3.attention.sliding_window_pattern") == pattern
+    assert r.fields["gemma3.attention.sliding_window_pattern"].types == [gguf.GGUFValueType.ARRAY,
+                                                                         gguf.GGUFValueType.BOOL]
+    assert field(r, "gemma3.final_logit_softcapping") == pytest.approx(30.0)
+    assert field(r, "gemma3.rope.scaling.type") == "linear"
+    assert field(r, "gemma3.rope.scaling.factor") == pytest.approx(8.0)
+    assert "gemma3.rope.freq_base_swa" not in r.fields  # llama.cpp's default (10000) applies
+    assert field(r, "general.basename") == "tiny" and field(r, "general.tags") == ["a", "b"]
+
+
+def test_gemma3_attention_scale_must_match_llama_cpp(gemma3_tk, tmp_path):
+    from ggq.gguf_io import _check_gemma3_attention_scale
+
+    g = write_gemma3_ggq(tmp_path / "q.ggq", gemma3_tk,
+                         **{"gemma3.attention.query_pre_attn_scalar": (float(G_HIDDEN // G_HEADS) * 2, "f32")})
+    out = tmp_path / "q.gguf"
+    with pytest.raises(ConvertError, match="query_pre_attn_scalar 128 differs from the 64"):
+        export_gguf(g, out)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["q.ggq"]
+    # 62 layers (Gemma 3 27B): llama.cpp scales by embedding_length / head_count instead
+    md = {"gemma3.attention.query_pre_attn_scalar": 168.0}
+    _check_gemma3_attention_scale(md, 62, 5376, 32, 128, "m")
+    with pytest.raises(ConvertError, match="62 layers"):
+        _check_gemma3_attention_scale({"gemma3.attention.query_pre_attn_scalar": 128.0}, 62, 5376, 32, 128, "m")
+    _check_gemma3_attention_scale({}, 62, 5376, 32, 128, "m")  # absent: nothing to check
+
+
+@pytest.mark.parametrize("add_space_prefix", [False, True])
+def test_spm_scores_derived_from_merges(tmp_path, add_space_prefix):
+    """A .ggq with only the tokenizer.json (as made from an HF folder): scores/types derived so that
+    llama.cpp's SPM merges in the BPE merge order; the GGUF's tokenizer encodes the same ids."""
+    from tokenizers import Tokenizer
+
+    from ggq.convert.tokenizer_gguf import tokenizer_from_gguf
+    from ggq.gguf_io import derive_spm_scores
+
+    tk = spm_gguf_tokenizer(tmp_path, add_space_prefix)
+    g = write_gemma3_ggq(tmp_path / "h.ggq", tk, ggml_metadata=False)
+    out = export_gguf(g, tmp_path / "h.gguf")
+    r = GGUFReader(str(out))
+    tokens, _, types = spm_vocab()
+    assert field(r, "tokenizer.ggml.model") == "llama"
+    assert field(r, "tokenizer.ggml.tokens") == tokens
+    assert field(r, "tokenizer.ggml.token_type") == types  # control, user-defined, byte, normal
+    assert field(r, "tokenizer.ggml.add_space_prefix") == add_space_prefix  # from the normalizer
+    merges = json.loads(tk.json)["model"]["merges"]
+    scores = field(r, "tokenizer.ggml.scores")
+    for rank, (a, b) in enumerate(merges):
+        assert scores[tokens.index(a + b)] >= -rank  # made by its first merge
+    back = Tokenizer.from_str(tokenizer_from_gguf(r, out.name).json)
+    orig = Tokenizer.from_str(tk.json)
+    assert json.loads(back.to_str())["model"]["merges"] == merges
+    for t in TEXTS_SPM:
+        assert back.encode(t).ids == orig.encode(t).ids, t
+    # the rule itself
+    assert derive_spm_scores(["a", "b", "ab", "<0x41>", "<c>", "abb"], [1, 1, 1, 6, 3, 1],
+                             [["a", "b"], ["ab", "b"]]) == [-2.0, -3.0, -0.0, 0.0, -1000.0, -1.0]
+
+
+# ----------------------------------------------------------------------------- Gemma 3 (real)
+
+def _gemma_path() -> Path:
+    return Path(os.environ.get("GGQ_CACHE") or Path.home() / ".cache" / "ggq") / "gemma-3-270m-q4_k_m.gguf"
+
+
+@pytest.fixture(scope="module")
+def gemma3_gguf():
+    p = _gemma_path()
+    if not p.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{p} is missing")
+        pytest.skip(f"Gemma 3 270M GGUF not available ({p})")
+    return p
+
+
+def assert_same_gguf(orig, out, informational=("general.basename", "general.size_label", "general.license",
+                                                "general.tags", "general.file_type")):
+    """Every key of `orig` that llama.cpp reads has the same value and type in `out`; tensors
+    have the same bytes, types and shapes. Keys only `out` has must be llama.cpp's defaults."""
+    ra, rb = GGUFReader(str(orig)), GGUFReader(str(out))
+    for k, fa in ra.fields.items():
+        if k.startswith("GGUF.") or k in informational:
+            continue
+        assert k in rb.fields, k
+        assert fa.contents() == rb.fields[k].contents(), k
+        assert fa.types == rb.fields[k].types, k
+    extra = {k: rb.fields[k].contents() for k in rb.fields if k not in ra.fields and not k.startswith("GGUF.")}
+    defaults = {"gemma3.attention.sliding_window_pattern": 6, "gemma3.rope.freq_base_swa": 10000.0}
+    assert {k: v for k, v in extra.items() if k not in informational} == \
+        {k: v for k, v in defaults.items() if k in extra}
+    ta, tb = {t.name: t for t in ra.tensors}, {t.name: t for t in rb.tensors}
+    assert set(ta) == set(tb)  # (the order is llama.cpp's business only by name)
+    for name, t in ta.items():
+        u = tb[name]
+        assert (t.tensor_type, t.shape.tolist()) == (u.tensor_type, u.shape.tolist()), name
+        assert np.asarray(t.data).tobytes() == np.asarray(u.data).tobytes(), name
+    return ra, rb
+
+
+@pytest.mark.gemma3
+def test_gemma3_export_of_a_directly_written_ggq(gemma3_gguf, tmp_path):
+    """The GGUF's tensors and keys put into a .ggq with GGQWriter (as the converter does), exported."""
+    from ggq.convert.tokenizer_gguf import tokenizer_from_gguf
+
+    r = GGUFReader(str(gemma3_gguf))
+    tk = tokenizer_from_gguf(r, gemma3_gguf.name)
+    vt = {gguf.GGUFValueType.UINT32: "u32", gguf.GGUFValueType.FLOAT32: "f32"}
+    g = tmp_path / "g.ggq"
+    with GGQWriter(g) as w:
+        w.add_metadata("general.architecture", "gemma3", "str")
+        for k in ("general.name", "general.basename", "general.size_label", "general.license"):
+            w.add_metadata(k, field(r, k), "str")
+        w.add_metadata("general.tags", field(r, "general.tags"), "array[string]")
+        w.add_metadata("general.file_type", field(r, "general.file_type"), "u32")
+        for k, fl in r.fields.items():
+            if k.startswith("gemma3."):
+                w.add_metadata(k, fl.contents(), vt[fl.types[0]])
+        w.add_metadata("gemma3.attention.query_pre_attn_scalar", 256.0, "f32")
+        w.add_metadata("gemma3.tie_word_embeddings", True, "bool")
+        w.add_metadata("tokenizer.huggingface.json", tk.json, "str")
+        w.add_metadata("tokenizer.bos_token_id", tk.bos_token_id, "i32")
+        w.add_metadata("tokenizer.eos_token_id", tk.eos_token_id, "i32")
+        w.add_metadata("tokenizer.add_bos_token", tk.add_bos_token, "bool")
+        for k, v, t in tk.metadata:
+            w.add_metadata(k, v, t)
+        shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in r.tensors}
+        for t in r.tensors:
+            w.add_tensor(t.name, int(t.tensor_type), shapes[t.name])
+        for t in r.tensors:
+            s = shapes[t.name]
+            w.write_tensor(t.name, np.asarray(t.data).view(np.uint8).reshape(s[0] if len(s) == 2 else 1, -1))
+    out = export_gguf(g, tmp_path / "g.gguf")
+    assert_same_gguf(gemma3_gguf, out, informational=())
+
+
+@pytest.mark.gemma3
+def test_gemma3_gguf_to_ggq_to_gguf(gemma3_gguf, tmp_path):
+    from ggq.convert import convert_model
+
+    g = tmp_path / "g.ggq"
+    convert_model(gemma3_gguf, g, preset="keep")
+    out = export_gguf(g, tmp_path / "g.gguf")
+    ra, rb = assert_same_gguf(gemma3_gguf, out)
+    with GGQReader(g) as f:
+        if "general.file_type" in f.metadata:  # kept by the import: must come back
+            assert field(rb, "general.file_type") == field(ra, "general.file_type")

@@ -593,19 +593,7 @@ def test_spm_scores_derived_from_merges(tmp_path, add_space_prefix):
 
 # ----------------------------------------------------------------------------- Gemma 3 (real)
 
-def _gemma_path() -> Path:
-    return Path(os.environ.get("GGQ_CACHE") or Path.home() / ".cache" / "ggq") / "gemma-3-270m-q4_k_m.gguf"
-
-
-@pytest.fixture(scope="module")
-def gemma3_gguf():
-    p = _gemma_path()
-    if not p.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{p} is missing")
-        pytest.skip(f"Gemma 3 270M GGUF not available ({p})")
-    return p
-
+# `gemma3_gguf` (conftest): the real GGUF, fetched once into the cache.
 
 def assert_same_gguf(orig, out, informational=("general.basename", "general.size_label", "general.license",
                                                 "general.tags", "general.file_type")):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
 import random
 from pathlib import Path
 
@@ -17,8 +16,6 @@ gguf = pytest.importorskip("gguf")
 from ggq.convert.tokenizer_gguf import spm_merges, tokenizer_from_gguf  # noqa: E402
 from ggq.errors import TokenizerError, UsageError  # noqa: E402
 from ggq.runtime.tokenizer import GEMMA_CHAT_TEMPLATE, Tokenizer  # noqa: E402
-
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning")
 
 DATA = Path(__file__).parent / "data"
 
@@ -336,19 +333,8 @@ def test_fuzz_against_reference_port(gemma_like, llama_like):
 
 # ----------------------------------------------------------------------------- Gemma 3 (real)
 
-def _gemma_path() -> Path:
-    base = Path(os.environ.get("GGQ_CACHE") or Path.home() / ".cache" / "ggq")
-    return base / "gemma-3-270m-q4_k_m.gguf"
-
-
-@pytest.fixture(scope="module")
-def gemma3_gguf():
-    p = _gemma_path()
-    if not p.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{p} is missing")
-        pytest.skip(f"Gemma 3 270M GGUF not available ({p})")
-    return p
+# `gemma3_gguf` (conftest): the real GGUF, fetched once into the cache; skipped without network
+# unless CI is set.
 
 
 @pytest.fixture(scope="module")

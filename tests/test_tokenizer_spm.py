@@ -58,6 +58,13 @@ def write_gguf(path, *, explicit: bool, add_space_prefix: bool | None = None, pa
     (llama.cpp's SPM defaults: bos 1, eos 2, unk 0, add_bos true, add_space_prefix true)."""
     tokens, scores, types = vocab()
     w = gguf.GGUFWriter(str(path), "llama")
+    # hyperparameters only so that llama.cpp's llama-tokenize loads the file (no tensors)
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(32)
+    w.add_feed_forward_length(64)
+    w.add_head_count(4)
+    w.add_layer_norm_rms_eps(1e-5)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
@@ -329,6 +336,18 @@ def test_fuzz_against_reference_port(gemma_like, llama_like):
             text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
             assert tok.encode(text) == llama_cpp_spm(tokens, scores, types, text, add_space_prefix=prefix), \
                 (prefix, text)
+
+
+def test_tiny_vocabularies_against_recorded_llama_cpp(gemma_like, llama_like):
+    """Random texts on both tiny vocabularies, ids recorded from llama.cpp's llama-tokenize
+    (tests/data/record_llama_tokenize.py --tiny)."""
+    rec = json.loads((DATA / "spm_tiny_llama_tokenize.json").read_text(encoding="utf-8"))
+    tokens, scores, types = vocab()
+    for (_, tok), name, prefix in ((gemma_like, "gemma_like", False), (llama_like, "llama_like", True)):
+        assert len(rec[name]) == 40
+        for r in rec[name]:
+            assert tok.encode(r["text"]) == r["ids"], (name, r["text"])
+            assert llama_cpp_spm(tokens, scores, types, r["text"], add_space_prefix=prefix) == r["ids"]
 
 
 # ----------------------------------------------------------------------------- Gemma 3 (real)

@@ -1,6 +1,10 @@
 """Record llama.cpp's token ids for TEXTS into a JSON fixture (run by hand; CI has no llama.cpp).
 
     python tests/data/record_llama_tokenize.py LLAMA_TOKENIZE MODEL.gguf OUT.json
+    python tests/data/record_llama_tokenize.py LLAMA_TOKENIZE --tiny OUT.json
+
+--tiny: the two tiny SentencePiece vocabularies of tests/test_tokenizer_spm.py (written by its
+write_gguf) on random texts from TINY_PIECES, seed 11.
 
 Each text is written verbatim to a file and tokenized with
     llama-tokenize -m MODEL -f TEXTFILE --ids --log-disable --no-escape
@@ -41,7 +45,43 @@ TEXTS = [
 ]
 
 
+TINY_PIECES = ["a", "b", "c", "h", "e", "l", "o", "w", "r", "d", " ", " ", "é", "\n", "x", "hello", " world",
+               "<td>", "<turn>", "</s>", "<s>", "  ", "\n\n", "\t", "🦙", "ll", "<unk>", "<t", "d>"]
+
+
+def _tokenize(binary: str, model: str, text: str, d: str) -> list[int]:
+    p = os.path.join(d, "t.txt")
+    with open(p, "wb") as fh:
+        fh.write(text.encode("utf-8"))
+    r = subprocess.run([binary, "-m", model, "-f", p, "--ids", "--log-disable", "--no-escape"],
+                       capture_output=True, check=True, text=True)
+    return json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("[")][-1])
+
+
+def tiny(binary: str, out: str) -> None:
+    import random
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from test_tokenizer_spm import write_gguf
+
+    rng = random.Random(11)
+    rec = {"command": f"{os.path.basename(binary)} -m MODEL -f TEXTFILE --ids --log-disable --no-escape",
+           "llama_cpp": subprocess.run([binary, "--version"], capture_output=True, text=True)
+           .stderr.strip().splitlines()[0]}
+    with tempfile.TemporaryDirectory() as d:
+        for name, kw in (("gemma_like", {"explicit": True, "add_space_prefix": False, "pad": 0}),
+                         ("llama_like", {"explicit": False})):
+            model = str(write_gguf(os.path.join(d, name + ".gguf"), **kw))
+            texts = ["".join(rng.choice(TINY_PIECES) for _ in range(rng.randint(1, 16))) for _ in range(40)]
+            rec[name] = [{"text": t, "ids": _tokenize(binary, model, t, d)} for t in texts]
+    with open(out, "w", encoding="utf-8") as fh:
+        json.dump(rec, fh, ensure_ascii=False, indent=1)
+        fh.write("\n")
+
+
 def main(binary: str, model: str, out: str) -> None:
+    if model == "--tiny":
+        return tiny(binary, out)
     rec = {"command": f"{os.path.basename(binary)} -m {os.path.basename(model)} -f TEXTFILE --ids "
                       "--log-disable --no-escape",
            "llama_cpp": subprocess.run([binary, "--version"], capture_output=True, text=True)

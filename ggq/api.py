@@ -1,7 +1,7 @@
 """Python API: the CLI is a thin shell over this.
 
     import ggq
-    model = ggq.load()                       # default model (SmolLM2-135M-Instruct, q4_k_m)
+    model = ggq.load()                       # default model (SmolLM2-135M-Instruct, as shipped)
     for piece in model.generate("The capital of France is", max_tokens=32, temperature=0):
         print(piece, end="", flush=True)
     model.logits(model.tokenizer.encode("Hello world"))   # float32 (n, vocab)
@@ -26,14 +26,15 @@ def _log_stderr(msg: str) -> None:
 
 
 def default_model_path(log=None) -> Path:
-    """SmolLM2-135M-Instruct converted once to q4_k_m in the cache directory."""
+    """SmolLM2-135M-Instruct imported once into the cache directory with its tensor types kept
+    (DEFAULT_PRESET "keep": its Q4_1 blocks are copied, not re-quantized)."""
     from . import default_model as dm
 
     out = dm.cache_dir() / f"SmolLM2-135M-Instruct.{dm.DEFAULT_PRESET}.ggq"
     if not out.exists():
         src = dm.smollm2_gguf(quiet=log is None)
         if log:
-            log(f"converting the default model to {dm.DEFAULT_PRESET} (once) -> {out}")
+            log(f"importing the default model (once) -> {out}")
         from .convert import convert_model
 
         convert_model(src, out, preset=dm.DEFAULT_PRESET, force=True, progress=log is not None)

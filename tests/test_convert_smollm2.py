@@ -1,4 +1,6 @@
 """The real SmolLM2-135M-Instruct GGUF: keep-copy, presets, HF export round trip, tokenizer."""
+import json
+
 import numpy as np
 import pytest
 
@@ -115,3 +117,33 @@ def test_tokenizer_rebuilt_from_gguf(hf_export):
     ids = tok.encode(text).ids
     assert tok.decode(ids, skip_special_tokens=False) == text
     assert len(ids) < len(text) / 3  # a real BPE, not bytes
+
+
+@pytest.mark.smollm2
+def test_default_model_is_imported_as_shipped(smollm2_gguf, tmp_path, monkeypatch):
+    """The default model keeps the wheel's own types (bytes copied), never re-quantized."""
+    from gguf import GGUFReader
+
+    from ggq.api import default_model_path
+    from ggq.format import GGQReader
+
+    monkeypatch.setenv("GGQ_CACHE", str(tmp_path))
+    (tmp_path / smollm2_gguf.name).symlink_to(smollm2_gguf)
+    out = default_model_path()
+    r = GGUFReader(str(smollm2_gguf))
+    with GGQReader(out) as f:
+        assert f.metadata["general.preset"] == "keep"
+        for t in r.tensors:
+            assert f.tensors[t.name].qtype.ggml_id == int(t.tensor_type), t.name
+        methods = json.loads(f.metadata["quantization.tensor_methods"])
+        assert {m["method"] for n, m in methods.items() if f.tensors[n].qtype.name != "F32"} == {"copied"}
+
+
+@pytest.mark.smollm2
+def test_requantizing_quantized_tensors_warns(smollm2_gguf, tmp_path, capsys):
+    rep = convert_model(smollm2_gguf, tmp_path / "r.ggq", preset="q8_0", dry_run=True, progress=True)
+    assert rep.warnings and "already quantized as Q4_1" in rep.warnings[0]
+    assert "--type keep" in rep.warnings[0]
+    assert "ggq: warning:" in capsys.readouterr().err
+    assert convert_model(smollm2_gguf, tmp_path / "k.ggq", preset="keep", dry_run=True,
+                         progress=False).warnings == []

@@ -63,6 +63,9 @@ def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, 
     if system is not None and not chat:
         chat = True  # a system message only makes sense in a chat
     m = _load(model, ctx_size, threads, no_mmap)
+    src = getattr(m.tokenizer, "chat_template_source", "file")
+    if chat and src not in (None, "file"):
+        _log(f"{m.path.name} has no chat template; using the {src} one")
     pieces = m.generate(prompt, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, chat=chat, system=system)
     out = sys.stdout

@@ -252,6 +252,8 @@ def _metadata(src: Source, preset: str, entries: list[PlanEntry], has_imatrix: b
     if src.ggml_pre:
         md.append(("tokenizer.ggml.pre", src.ggml_pre, "str"))
     md += list(src.tokenizer_metadata)
+    # general.file_type describes the tensor types: true only when they are kept
+    md += [t for t in src.general_metadata if t[0] != "general.file_type" or preset == "keep"]
     methods = {e.name: {"type": e.type, "method": e.method, "source_type": e.source_type} for e in entries}
     md.append(("quantization.tensor_methods", json.dumps(methods, separators=(",", ":")), "str"))
     md.append(("quantization.imatrix", bool(has_imatrix), "bool"))

@@ -117,6 +117,7 @@ class Source:
     add_bos_token: bool = False
     ggml_pre: str | None = None
     tokenizer_metadata: list = []     # extra (key, value, vtype) tokenizer entries for the .ggq
+    general_metadata: list = []       # descriptive general.* (key, value, vtype) kept from a GGUF
     _tensors: dict[str, SourceTensor]
 
     def tensor_names(self) -> list[str]:
@@ -444,6 +445,27 @@ def _check_gguf_arch_keys(md: dict, arch: str, where: str) -> None:
                                "(not supported)")
 
 
+# Descriptive general.* keys of a GGUF that a .ggq keeps (and `ggq export` writes back): who
+# made the model and under which licence matters after conversion too.
+GENERAL_KEYS = ("general.basename", "general.finetune", "general.size_label", "general.version",
+                "general.organization", "general.author", "general.description", "general.license",
+                "general.license.name", "general.license.link", "general.url", "general.repo_url",
+                "general.quantized_by", "general.tags", "general.languages", "general.file_type")
+
+
+def _general_keys(md: dict, reader) -> list:
+    out = []
+    for k in GENERAL_KEYS:
+        v = md.get(k)
+        if isinstance(v, str):
+            out.append((k, v, "string"))
+        elif isinstance(v, list) and all(isinstance(x, str) for x in v) and v:
+            out.append((k, v, "array[string]"))
+        elif k == "general.file_type" and isinstance(v, int) and not isinstance(v, bool):
+            out.append((k, v, "u32"))
+    return out
+
+
 class GGUFSource(Source):
     kind = "gguf"
 
@@ -507,6 +529,7 @@ class GGUFSource(Source):
         self.bos_token_id, self.eos_token_id = tk.bos_token_id, tk.eos_token_id
         self.add_bos_token, self.ggml_pre = tk.add_bos_token, tk.pre
         self.tokenizer_metadata = list(getattr(tk, "metadata", None) or [])
+        self.general_metadata = _general_keys(self._md, r)
         ct = md.get("tokenizer.chat_template")
         self.chat_template = ct if isinstance(ct, str) else None
 

@@ -189,10 +189,14 @@ def test_gemma3_fields_refused(change, pattern):
     refused(c, pattern)
 
 
-def test_gemma3_4x_pattern_must_agree_with_layer_types():
+def test_gemma3_layer_types_win_over_the_stale_integer_pattern():
+    # transformers 5 writes "_sliding_window_pattern": 6 next to any layer_types; it is unused
     c = copy.deepcopy(GEMMA_4X)
-    c["_sliding_window_pattern"] = 4
-    refused(c, "layer_types disagrees with sliding_window_pattern 4")
+    c["layer_types"] = ["full_attention"] * 3 + ["sliding_attention"] * 15
+    assert parse(c).local_layers() == [False] * 3 + [True] * 15
+    d = {k: v for k, v in GEMMA_4X.items() if k != "layer_types"}
+    d["_sliding_window_pattern"] = 4
+    assert parse(d).local_layers() == [bool((i + 1) % 4) for i in range(18)]
 
 
 def test_gemma3_linear_rope_scaling_on_global_layers():

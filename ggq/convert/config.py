@@ -520,7 +520,8 @@ def _parse_gemma3(f: _Fields) -> dict:
     kw["sliding_window"] = sw or 0
     f.origin["sliding_window"] = "sliding_window" if f.present("sliding_window") else "default"
 
-    # which layers slide: 5.x layer_types, 4.x sliding_window_pattern (or _sliding_window_pattern)
+    # which layers slide: layer_types when given (transformers derives it from the integer
+    # pattern only when it is absent, and still writes a stale `_sliding_window_pattern` next to it)
     n = kw["block_count"]
     pat = None
     for key in ("sliding_window_pattern", "_sliding_window_pattern"):
@@ -528,24 +529,19 @@ def _parse_gemma3(f: _Fields) -> dict:
         if v is not _ABSENT and v is not None:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 f.fail(f"{key}: {_show(v)} is not a non-negative integer")
-            if pat is not None and v != pat:
-                f.fail(f"{key} {v} disagrees with sliding_window_pattern {pat}")
-            pat = v
+            pat = v if pat is None else pat
     lt = f.raw("layer_types", None)
     if lt is not None:
         if not isinstance(lt, list) or len(lt) != n or \
                 any(t not in ("sliding_attention", "full_attention") for t in lt):
             f.fail(f"layer_types: expected {n} entries of sliding_attention/full_attention, got {_show(lt)}")
         local = tuple(t == "sliding_attention" for t in lt)
-        if pat is not None and local != tuple(bool((i + 1) % pat) if pat else True for i in range(n)):
-            f.fail(f"layer_types disagrees with sliding_window_pattern {pat}")
         # keep the compact llama.cpp form when the list follows it
         first_full = local.index(False) + 1 if False in local else 0
         rule = tuple(first_full == 0 or i % first_full < first_full - 1 for i in range(n))
         kw["sliding_window_pattern"] = first_full if local == rule else local
-    else:
-        p = 6 if pat is None else pat
-        kw["sliding_window_pattern"] = p
+    else:  # transformers: layer i slides iff (i + 1) % pattern != 0, the same as llama.cpp's rule
+        kw["sliding_window_pattern"] = 6 if pat is None else pat
     f.origin["sliding_window_pattern"] = "layer_types" if lt is not None else (
         "sliding_window_pattern" if pat is not None else "default")
 

@@ -60,7 +60,7 @@ def hf_config(src: GGUFSource) -> dict:
         "intermediate_size": c.feed_forward_length, "max_position_embeddings": c.context_length,
         "mlp_bias": False, "model_type": "llama", "num_attention_heads": c.head_count,
         "num_hidden_layers": c.block_count, "num_key_value_heads": c.head_count_kv,
-        "pretraining_tp": 1, "rms_norm_eps": float(np.float32(c.rms_eps)), "rope_parameters": rope,
+        "pretraining_tp": 1, "rms_norm_eps": float(str(np.float32(c.rms_eps))), "rope_parameters": rope,
         "tie_word_embeddings": c.tie_word_embeddings, "transformers_version": "5.0.0",
         "use_cache": True, "vocab_size": c.vocab_size,
     }

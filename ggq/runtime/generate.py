@@ -17,8 +17,9 @@ class Stats:
     prompt_tokens: int = 0
     prompt_s: float = 0.0
     gen_tokens: int = 0
-    decode_steps: int = 0        # single-token forward passes (each sampled token but the last)
-    decode_s: float = 0.0
+    decode_steps: int = 0        # tokens sampled after the first one
+    decode_s: float = 0.0        # wall time from the first sampled token to the last: forward
+                                 # passes, sampling, and whatever the caller does with each token
     first_token_s: float = 0.0  # from generate() call to the first sampled token
     stop: str = ""               # "eos", "length" or "context"
 
@@ -28,7 +29,8 @@ class Stats:
 
     @property
     def gen_tps(self) -> float:
-        # the first token comes from the prompt pass; decode speed counts the forward passes after it
+        # the first token comes from the prompt pass; the rate counts the tokens after it, over
+        # the wall time they took (what a user sees, not only the forward passes)
         return self.decode_steps / self.decode_s if self.decode_s > 0 else 0.0
 
     def summary(self) -> str:
@@ -79,10 +81,16 @@ def generate_ids(llama, ids, sampler, max_tokens: int, stop_ids=frozenset(), sta
     stats.prompt_s = t1 - t0
     history = [int(i) for i in ids]
     pos = n
+    t_prev = 0.0
     for i in range(budget):
         tok = sampler(logits, history)
+        now = time.perf_counter()
         if i == 0:
-            stats.first_token_s = time.perf_counter() - t0
+            stats.first_token_s = now - t0
+        else:
+            stats.decode_s += now - t_prev
+            stats.decode_steps += 1
+        t_prev = now
         if tok in stop_ids:
             stats.stop = "eos"
             return
@@ -91,9 +99,6 @@ def generate_ids(llama, ids, sampler, max_tokens: int, stop_ids=frozenset(), sta
         yield tok
         if i + 1 == budget:
             break
-        td = time.perf_counter()
         logits = llama.forward([tok], pos)[-1]
-        stats.decode_s += time.perf_counter() - td
-        stats.decode_steps += 1
         pos += 1
     stats.stop = "length" if budget == max_tokens else "context"

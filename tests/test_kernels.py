@@ -204,3 +204,98 @@ def test_bad_inputs(rng):
         embedding_rows("Q8_0", w, 64, [4])
     with pytest.raises(GGQError):
         dequantize_rows("Q8_0", w, 64, 3, 5)
+
+
+LEGACY = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+
+
+@pytest.mark.parametrize("name", LEGACY)
+def test_legacy_vnni_and_generic_kernels_agree(name, rng):
+    """The AVX512-VNNI matvec and the generic one build the same int32 lanes, so they give
+    bit-identical results (random bytes include Q8_0's -128); both match the reference."""
+    from ggq.kernels import common, legacy
+    gen = getattr(legacy, "matvec_" + name.lower())
+    vnni = getattr(legacy, "matvec_" + name.lower() + "_vnni")
+    assert legacy.MATVEC[name] is (vnni if common.HAS_VNNI else gen)
+    for rows, cols in [(1, 32), (3, 64), (13, 96), (1001, 576)]:
+        w = random_weights(name, rows, cols, rng)
+        x = rng.standard_normal((1, cols), dtype=np.float32)
+        x[0, :32] *= 1e3
+        x[0, 32:64] = 0.0  # zero activation block (d = 0)
+        y = np.empty(rows, np.float32)
+        gen(w, x[0], y)
+        check(name, w, cols, x, y[None])
+        if common._host_has_vnni():
+            y2 = np.full(rows, np.nan, np.float32)
+            vnni(w, x[0], y2)
+            np.testing.assert_array_equal(y2, y)
+
+
+def test_no_vnni_env_forces_generic_kernels(rng, tmp_path):
+    import subprocess
+    import os
+    name, rows, cols = "Q5_1", 37, 96
+    w = random_weights(name, rows, cols, rng)
+    x = rng.standard_normal((1, cols), dtype=np.float32)
+    np.save(tmp_path / "w.npy", w)
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np\n"
+            "from ggq.kernels import common, legacy\n"
+            "from ggq.runtime.linear import linear\n"
+            "assert not common.HAS_VNNI and legacy.MATVEC is legacy.MATVEC_GENERIC\n"
+            "d = sys.argv[1]\n"
+            f"np.save(d + '/y.npy', linear({name!r}, np.load(d + '/w.npy'), {cols}, np.load(d + '/x.npy')))\n")
+    env = dict(os.environ, GGQ_NO_VNNI="1")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, check=True,
+                   cwd=str(Path(__file__).resolve().parents[1]))
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), linear(name, w, cols, x))
+
+
+def test_quantize_act8_matches_quantize_act(rng):
+    from numba import njit
+    from ggq.kernels.common import quantize_act, quantize_act8
+
+    @njit
+    def both(x, xq, xd, xs, xq8, xd8, xp, xs8):
+        quantize_act(x, xq, xd, xs)
+        quantize_act8(x, xq8, xd8, xp, xs8)
+
+    x = rng.standard_normal(96 * 4, dtype=np.float32)
+    x[:32] = 0.0
+    x[32:64] *= 1e-30
+    nb = x.size // 32
+    xq, xd, xs = np.empty(x.size, np.int16), np.empty(nb, np.float32), np.empty(2 * nb, np.float32)
+    xq8, xd8, xp, xs8 = (np.empty(x.size, np.int8), np.empty(nb, np.float32), np.empty(8 * nb, np.int32),
+                         np.empty(nb, np.float32))
+    both(x, xq, xd, xs, xq8, xd8, xp, xs8)
+    np.testing.assert_array_equal(xq8.astype(np.int16), xq)
+    np.testing.assert_array_equal(xd8, xd)
+    np.testing.assert_array_equal(xp, xq.reshape(-1, 4).sum(axis=1))
+    np.testing.assert_array_equal(xs8, xs[0::2] + xs[1::2])
+    ref_d = np.abs(x.reshape(nb, 32)).max(axis=1) / np.float32(127.0)
+    np.testing.assert_array_equal(xd8, ref_d)
+
+
+def test_f16_ir_software_path_exact_all_values():
+    from numba import njit, types
+    from numba.extending import intrinsic
+    from llvmlite import ir
+    from ggq.kernels.common import _f16_ir
+
+    @intrinsic
+    def soft(typingctx, h):
+        def codegen(context, builder, sig, args):
+            return _f16_ir(builder, builder.trunc(args[0], ir.IntType(16)), soft=True)
+        return types.float32(types.uint16), codegen
+
+    @njit
+    def conv(a, out):
+        for i in range(a.size):
+            out[i] = soft(a[i])
+
+    h = np.arange(65536, dtype=np.uint16)
+    ref = h.view(np.float16).astype(np.float32)
+    got = np.empty(65536, np.float32)
+    conv(h, got)
+    same = (got.view(np.uint32) == ref.view(np.uint32)) | (np.isnan(got) & np.isnan(ref))
+    assert same.all()

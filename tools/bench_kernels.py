@@ -6,6 +6,8 @@
   30 layers of q,k,v,o,gate,up,down + the 49152x576 output = 134.5M weights, 211 calls),
   reported as tokens/s if that were the whole model, and GB/s of weight bytes streamed.
   k-quant rows must be multiples of 256, so they use 576x1536 matrices (same total weights).
+- gemma3 out: one matvec with Gemma 3 270M's tied output projection, 262144 x 640 (types
+  with 32-element blocks); on AVX512-VNNI hosts also the generic (non-VNNI) legacy kernel.
 - batch: a 128-token batch through the 1536x576 and 576x1536 matrices, GFLOP/s (2*n*rows*cols).
 - baselines: NumPy float32 matvec / matmul on the same shapes.
 - cold compile: a fresh process with an empty NUMBA_CACHE_DIR compiles one type's kernels.
@@ -74,6 +76,32 @@ def bench_decode(name, reps, rng):
     nbytes = sum(w.nbytes for w in ws)
     nw = sum(r * c for r, c in sh)
     return 1 / best, nbytes / best / 1e9, nw
+
+
+def bench_big(name, reps, rng, rows=262144, cols=640):
+    """(ms, GB/s) per matvec of a rows x cols matrix: linear(), and the generic legacy kernel
+    where MATVEC holds the VNNI one."""
+    from ggq.kernels import legacy
+    from ggq.runtime.linear import linear
+    w = random_weights(name, rows, cols, rng)
+    x = rng.standard_normal((1, cols), dtype=np.float32)
+    out = np.empty((1, rows), np.float32)
+    runs = {"": lambda: linear(name, w, cols, x, out=out)}
+    gen = legacy.MATVEC_GENERIC.get(name)
+    if gen is not None and gen is not legacy.MATVEC[name]:
+        runs[" generic"] = lambda: gen(w, x[0], out[0])
+    res = {}
+    for f in runs.values():
+        f()
+    times = {k: [] for k in runs}
+    for _ in range(reps):  # alternate, so a busy moment hits both
+        for k, f in runs.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    for k, ts in times.items():
+        res[k] = (min(ts) * 1e3, w.nbytes / min(ts) / 1e9)
+    return res
 
 
 def bench_numpy_decode(reps, rng):
@@ -173,6 +201,10 @@ def main(argv=None):
     for name in types:
         tok, gbs, nw = bench_decode(name, a.repeats, rng)
         print(f"{name:>10} decode {tok:7.1f} tok/s {gbs:6.1f} GB/s   ({nw / 1e6:.1f}M weights)")
+    for name in types:
+        if INFO[name][1] in (1, 32):
+            for k, (ms, gbs) in bench_big(name, a.repeats, rng).items():
+                print(f"{name + k:>10} gemma3 out 262144x640 {ms:7.2f} ms {gbs:6.1f} GB/s")
     if not a.no_batch:
         print(f"{'numpy f32':>10} batch128 {bench_numpy_batch(a.repeats, rng):7.1f} GFLOP/s")
         for name in types:

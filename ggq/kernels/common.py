@@ -1,5 +1,6 @@
-"""Shared pieces of the Numba kernels: fp16/bf16 scalar decode, activation quantization
-and a 32-element integer dot product written as LLVM vector IR.
+"""Shared pieces of the Numba kernels: fp16/bf16 scalar decode, activation quantization,
+integer dot products written as LLVM vector IR (dot_k for the k-quants) and the row
+intrinsics of the legacy-block matvec (rows_*, AVX512-VNNI and generic flavours).
 
 Why the intrinsics: Numba promotes integer arithmetic to int64, so a plain loop of int8 x
 int16 products becomes 32-bit multiplies (vpmulld) that leave the kernel arithmetic-bound.
@@ -96,40 +97,6 @@ def _arr_ptr(context, builder, aryty, ary, off):
     return builder.gep(a.data, [off])
 
 
-@intrinsic
-def dot32(typingctx, wa, woff, xa, xoff):
-    """sum_{k<32} w[woff+k] * xq[xoff+k] as int32.
-    w: uint8/int8 array read as signed int8, or int16 array; xq: int16 array (1-D, contiguous).
-    Caller guarantees bounds (no checks here)."""
-    if not (isinstance(wa, types.Array) and isinstance(xa, types.Array)):
-        return None
-    if wa.dtype not in (types.uint8, types.int8, types.int16) or xa.dtype != types.int16:
-        return None
-    sig = types.int32(wa, types.intp, xa, types.intp)
-    wbits = 16 if wa.dtype == types.int16 else 8
-
-    def codegen(context, builder, signature, args):
-        wt, _, xt, _ = signature.args
-        pw = _arr_ptr(context, builder, wt, args[0], args[1])
-        px = _arr_ptr(context, builder, xt, args[2], args[3])
-        vw = ir.VectorType(ir.IntType(wbits), 32)
-        vx = ir.VectorType(ir.IntType(16), 32)
-        v32 = ir.VectorType(ir.IntType(32), 32)
-        lw = builder.load(builder.bitcast(pw, vw.as_pointer()), align=1)
-        lx = builder.load(builder.bitcast(px, vx.as_pointer()), align=2)
-        m = builder.mul(builder.sext(lw, v32), builder.sext(lx, v32))
-        idx = ir.VectorType(ir.IntType(32), 16)
-        ev = builder.shuffle_vector(m, m, ir.Constant(idx, [2 * i for i in range(16)]))
-        od = builder.shuffle_vector(m, m, ir.Constant(idx, [2 * i + 1 for i in range(16)]))
-        s = builder.add(ev, od)
-        v16 = ir.VectorType(ir.IntType(32), 16)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.IntType(32), [v16]), "llvm.vector.reduce.add.v16i32")
-        return builder.call(fn, [s])
-
-    return sig, codegen
-
-
 @njit(inline="always")
 def quantize_act(x, xq, xd, xs):
     """x float32 (cols) -> xq int16 in [-127, 127], xd scale per 32, xs exact float sum per 16
@@ -192,37 +159,6 @@ def _ok(*arrs):
 
 
 @intrinsic
-def dot_nib(typingctx, wa, off, qh, bias, xa, xoff):
-    """Legacy 4/5-bit block: 16 bytes at w[off] hold elements l (low nibble) and l+16 (high
-    nibble); bit l of qh is bit 4 of element l. Returns sum_l (q_l - bias) * xq[xoff+l]."""
-    if not _ok(wa, xa):
-        return None
-    sig = types.int32(wa, types.intp, types.uint32, types.intp, xa, types.intp)
-
-    def codegen(context, builder, signature, args):
-        wty, _, _, _, xty, _ = signature.args
-        w, o, h, b, x, xo = args
-        i16 = ir.IntType(16)
-        v = _load_u8(context, builder, wty, w, o, 16)
-        lo = builder.and_(v, _splat(builder, ir.Constant(i16, 15), i16, 16))
-        hi = builder.lshr(v, _splat(builder, ir.Constant(i16, 4), i16, 16))
-        q = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), 32), list(range(32))))
-        # bit l of qh -> 16 in lane l: byte l//8 to every lane, test bit l%8 (byte shuffle +
-        # test, much cheaper than 32 variable shifts of i32 lanes)
-        i8 = ir.IntType(8)
-        hbytes = builder.bitcast(h, ir.VectorType(i8, 4))
-        hl = builder.shuffle_vector(hbytes, hbytes, ir.Constant(ir.VectorType(ir.IntType(32), 32), [l // 8 for l in range(32)]))
-        hit = builder.icmp_unsigned("!=", builder.and_(hl, ir.Constant(ir.VectorType(i8, 32), [1 << (l % 8) for l in range(32)])),
-                                    ir.Constant(ir.VectorType(i8, 32), [0] * 32))
-        hb = builder.shl(builder.zext(hit, ir.VectorType(i16, 32)), _splat(builder, ir.Constant(i16, 4), i16, 32))
-        q = builder.or_(q, hb)
-        q = builder.sub(q, _splat(builder, builder.trunc(b, i16), i16, 32))
-        return _int_dot(context, builder, q, xty, x, xo)
-
-    return sig, codegen
-
-
-@intrinsic
 def dot_k(typingctx, wa, aoff, sa, ma, boff, sb, mb, shb, bias, s_lo, s_hi, xa, xoff):
     """k-quant 32-element chunk: q_l = ((w[aoff+l] >> sa) & ma) | (((w[boff+l] >> sb) & mb) << shb)
     - bias; returns sum_l s(l) * q_l * xq[xoff+l], s = s_lo for l < 16 else s_hi (int32)."""
@@ -254,3 +190,233 @@ def dot_k(typingctx, wa, aoff, sa, ma, boff, sb, mb, shb, bias, s_lo, s_hi, xa, 
         return _int_dot(context, builder, builder.mul(q, scale), xty, x, xo)
 
     return sig, codegen
+
+
+
+
+# ---------------------------------------------------------------------------------------
+# Legacy-block (Q4_0 .. Q8_0) matvec: one intrinsic call walks all blocks of NR rows.
+# - No horizontal sum per block: the block's integer dot stays in 8 int32 lanes (lane j =
+#   elements 4j..4j+3), is converted to float and multiplied by d_w * d_x into a per-row
+#   <8 x float> accumulator; each row is reduced once at the end.
+# - Two flavours give the same int32 lanes, hence bit-identical results:
+#   vnni: vpdpbusd (unsigned x signed bytes, 4 products per lane). Weights are made
+#     unsigned (Q8_0: w ^ 0x80 = w + 128; nibble codes are 0..31 already) and the lane
+#     starts at -bias * (sum of its 4 activations), xp from quantize_act8: exact for every
+#     byte value, -128 included.
+#   generic: sext to i16, products in i32, adjacent pairs added twice (pmaddwd + a pair
+#     add on x86): any target LLVM supports.
+# - Software prefetch PREFETCH bytes ahead in the rows' linear byte stream: the NR rows of a
+#   group are one contiguous span walked block by block, which the hardware prefetchers
+#   follow poorly (measured: 6 -> 20+ GB/s per core from DRAM on Zen 4).
+
+def _host_has_vnni() -> bool:
+    try:
+        feats = _llb.get_host_cpu_features()
+    except Exception:  # pragma: no cover - non-x86 hosts may not report features
+        return False
+    return bool(feats.get("avx512vnni") and feats.get("avx512vl"))
+
+
+def _use_vnni() -> bool:
+    import os
+    return _host_has_vnni() and os.environ.get("GGQ_NO_VNNI", "") in ("", "0")
+
+
+HAS_VNNI = _use_vnni()  # legacy.MATVEC picks the vnni kernels when True (GGQ_NO_VNNI=1: never)
+NR = 4  # rows per rows_* call
+PREFETCH = 4096  # bytes ahead
+
+
+@njit(inline="always")
+def quantize_act8(x, xq, xd, xp, xs):
+    """x float32 (cols) -> xq int8 = round(x / d), d = absmax / 127 per 32 (llama.cpp's Q8_0
+    activations; same values as quantize_act), xd = d, xp int32 = sum of each 4 consecutive
+    xq, xs = float sum of each block's 32 x (two halves of 16 added, as in quantize_act)."""
+    nb = x.size // QK
+    for b in range(nb):
+        amax = np.float32(0.0)
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        for k in range(16):
+            v = x[b * QK + k]
+            amax = max(amax, abs(v))
+            s0 += v
+        for k in range(16, 32):
+            v = x[b * QK + k]
+            amax = max(amax, abs(v))
+            s1 += v
+        xs[b] = s0 + s1
+        d = amax / np.float32(127.0)
+        xd[b] = d
+        inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+        for j in range(8):
+            s = 0
+            for k in range(4):
+                q = np.int8(np.round(x[b * QK + 4 * j + k] * inv))
+                xq[b * QK + 4 * j + k] = q
+                s += q
+            xp[b * 8 + j] = s
+
+
+def _f16_ir(builder, h16, soft=None):
+    """i16 half bits -> float: hardware conversion where the host has it, else bit math
+    (exact for all values; a `fpext half` libcall would not resolve in the JIT)."""
+    if (not soft) if soft is not None else _has_native_half():
+        return builder.fpext(builder.bitcast(h16, ir.HalfType()), ir.FloatType())
+    i32 = ir.IntType(32)
+
+    def c(v):
+        return ir.Constant(i32, v)
+
+    # only normal floats in the arithmetic (no denormal-as-zero hazard): F. Giesen's method
+    h = builder.zext(h16, i32)
+    u = builder.shl(builder.and_(h, c(0x7FFF)), c(13))
+    e = builder.and_(u, c(0x7C00 << 13))
+    u = builder.add(u, c(112 << 23))
+    inf = builder.add(u, c(112 << 23))
+    sub = builder.fsub(builder.bitcast(builder.add(u, c(1 << 23)), ir.FloatType()),
+                       ir.Constant(ir.FloatType(), 2.0 ** -14))
+    bits = builder.select(builder.icmp_unsigned("==", e, c(0x7C00 << 13)), inf,
+                          builder.select(builder.icmp_unsigned("==", e, c(0)), builder.bitcast(sub, i32), u))
+    bits = builder.or_(bits, builder.shl(builder.and_(h, c(0x8000)), c(16)))
+    return builder.bitcast(bits, ir.FloatType())
+
+
+# per type: bytes per block, offsets of d, m (or None), qh (or None), qs; code bias
+_LEGACY = {"q8_0": (34, 0, None, None, 2, 0), "q4_0": (18, 0, None, None, 2, 8),
+           "q4_1": (20, 0, 2, None, 4, 0), "q5_0": (22, 0, None, 2, 6, 16),
+           "q5_1": (24, 0, 2, 4, 8, 0)}
+
+
+def _rows_intrinsic(kind, vnni):
+    bs, doff, moff, qhoff, qsoff, bias = _LEGACY[kind]
+
+    def typer(typingctx, wa, r0, rows, rb, nb, xq, xd, xp, xs):
+        if not _ok(wa, xq, xd, xp, xs):
+            return None
+        ip = types.intp
+        return types.UniTuple(types.float32, NR)(wa, ip, ip, ip, ip, xq, xd, xp, xs), codegen
+
+    def codegen(context, builder, signature, args):
+        wty, _, _, _, _, xqty, xdty, xpty, xsty = signature.args
+        wa, r0, rows, rb, nb, xqa, xda, xpa, xsa = args
+        i8, i16, i32, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
+        ity = r0.type
+        v8i32, v8f, v32i8 = ir.VectorType(i32, 8), ir.VectorType(f32, 8), ir.VectorType(i8, 32)
+
+        def data(ty, a):
+            return context.make_array(ty)(context, builder, a).data
+
+        wp, xqp, xdp, xpp, xsp = (data(wty, wa), data(xqty, xqa), data(xdty, xda),
+                                  data(xpty, xpa), data(xsty, xsa))
+
+        def k(v):
+            return ir.Constant(ity, v)
+
+        def vload(ptr, off, vty, align):
+            return builder.load(builder.bitcast(builder.gep(ptr, [off]), vty.as_pointer()), align=align)
+
+        def splat(c, n):
+            return ir.Constant(ir.VectorType(c.type, n), [c.constant] * n) if isinstance(c, ir.Constant) \
+                else _splat(builder, c, c.type, n)
+
+        def shuf(a, idx):
+            return builder.shuffle_vector(a, a, ir.Constant(ir.VectorType(i32, len(idx)), idx))
+
+        contract = ("contract",)  # fma allowed, no reassociation: same order on every path
+        last = builder.sub(rows, k(1))
+        offs = []
+        for r in range(NR):
+            rr = builder.add(r0, k(r))
+            offs.append(builder.mul(builder.select(builder.icmp_signed("<", rr, last), rr, last), rb))
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [0.0] * 8)) for _ in range(NR)]
+        maccs = [cgutils.alloca_once_value(builder, ir.Constant(f32, 0.0)) for _ in range(NR)] \
+            if moff is not None else []
+        pi8 = i8.as_pointer()  # typed pointers (LLVM 14) mangle as p0i8, opaque ones as p0
+        pfn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [pi8, i32, i32, i32]),
+            "llvm.prefetch.p0" if str(pi8) == "ptr" else "llvm.prefetch.p0i8")
+        if vnni:
+            dpb = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v8i32, [v8i32, v8i32, v8i32]), "llvm.x86.avx512.vpdpbusd.256")
+
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            base = builder.add(offs[0], builder.add(k(PREFETCH), builder.mul(b, k(NR * bs))))
+            for j in range((NR * bs + 63) // 64):  # step <= 64 bytes: every line is touched
+                builder.call(pfn, [builder.gep(wp, [builder.add(base, k(64 * j))]),
+                                   ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            xv = vload(xqp, builder.mul(b, k(QK)), v32i8, 1)
+            dx = builder.load(builder.gep(xdp, [b]))
+            if vnni:
+                ub = 128 if kind == "q8_0" else bias
+                init = builder.mul(vload(xpp, builder.mul(b, k(8)), v8i32, 4), splat(ir.Constant(i32, -ub), 8))
+                xw = builder.bitcast(xv, v8i32)
+            else:
+                x32 = builder.sext(xv, ir.VectorType(i32, 32))
+            if moff is not None:
+                sx = builder.load(builder.gep(xsp, [b]))
+            bo = builder.mul(b, k(bs))
+            for r in range(NR):
+                o = builder.add(offs[r], bo)
+                # the block's 32 codes as bytes: Q8_0 signed, nibble types unsigned 0..31
+                if kind == "q8_0":
+                    q = vload(wp, builder.add(o, k(qsoff)), v32i8, 1)
+                else:
+                    v = vload(wp, builder.add(o, k(qsoff)), ir.VectorType(i8, 16), 1)
+                    lo = builder.and_(v, splat(ir.Constant(i8, 15), 16))
+                    hi = builder.lshr(v, splat(ir.Constant(i8, 4), 16))
+                    q = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, 32), list(range(32))))
+                    if qhoff is not None:
+                        # bit l of qh -> 16 in lane l: byte l//8 to every lane, test bit l%8
+                        h4 = vload(wp, builder.add(o, k(qhoff)), ir.VectorType(i8, 4), 1)
+                        hl = shuf(h4, [l // 8 for l in range(32)])
+                        hit = builder.icmp_unsigned(
+                            "!=", builder.and_(hl, ir.Constant(v32i8, [1 << (l % 8) for l in range(32)])),
+                            ir.Constant(v32i8, [0] * 32))
+                        q = builder.or_(q, builder.select(hit, ir.Constant(v32i8, [16] * 32),
+                                                          ir.Constant(v32i8, [0] * 32)))
+                if vnni:
+                    if kind == "q8_0":
+                        q = builder.xor(q, ir.Constant(v32i8, [-128] * 32))
+                    dot = builder.call(dpb, [init, builder.bitcast(q, v8i32), xw])
+                else:
+                    v16 = ir.VectorType(i16, 32)
+                    q16 = builder.sext(q, v16) if kind == "q8_0" else builder.zext(q, v16)
+                    if bias:
+                        q16 = builder.sub(q16, ir.Constant(v16, [bias] * 32))
+                    m = builder.mul(builder.sext(q16, ir.VectorType(i32, 32)), x32)
+                    s = builder.add(shuf(m, list(range(0, 32, 2))), shuf(m, list(range(1, 32, 2))))
+                    dot = builder.add(shuf(s, list(range(0, 16, 2))), shuf(s, list(range(1, 16, 2))))
+                d = _f16_ir(builder, vload(wp, builder.add(o, k(doff)), i16, 1))
+                dd = builder.fmul(d, dx)
+                t = builder.fmul(builder.sitofp(dot, v8f), splat(dd, 8), flags=contract)
+                builder.store(builder.fadd(builder.load(accs[r]), t, flags=contract), accs[r])
+                if moff is not None:
+                    mm = builder.fmul(_f16_ir(builder, vload(wp, builder.add(o, k(moff)), i16, 1)), sx,
+                                      flags=contract)
+                    builder.store(builder.fadd(builder.load(maccs[r]), mm, flags=contract), maccs[r])
+        outs = []
+        for r in range(NR):
+            a = builder.load(accs[r])
+            for n in (4, 2, 1):
+                a = builder.fadd(shuf(a, list(range(n))), shuf(a, list(range(n, 2 * n))))
+            s = builder.extract_element(a, ir.Constant(i32, 0))
+            if moff is not None:
+                s = builder.fadd(s, builder.load(maccs[r]))
+            outs.append(s)
+        return context.make_tuple(builder, signature.return_type, outs)
+
+    typer.__name__ = typer.__qualname__ = f"rows_{kind}" + ("_vnni" if vnni else "")
+    return intrinsic(typer)
+
+
+# rows_<type>[_vnni](w_flat, r0, rows, row_bytes, nblocks, xq, xd, xp, xs) -> NR float32:
+# rows r0 .. r0+NR-1 (clamped to rows-1) of W times the activations from quantize_act8.
+# The _vnni ones need AVX512-VNNI + VL (HAS_VNNI); the others run anywhere.
+rows_q8_0, rows_q8_0_vnni = _rows_intrinsic("q8_0", False), _rows_intrinsic("q8_0", True)
+rows_q4_0, rows_q4_0_vnni = _rows_intrinsic("q4_0", False), _rows_intrinsic("q4_0", True)
+rows_q4_1, rows_q4_1_vnni = _rows_intrinsic("q4_1", False), _rows_intrinsic("q4_1", True)
+rows_q5_0, rows_q5_0_vnni = _rows_intrinsic("q5_0", False), _rows_intrinsic("q5_0", True)
+rows_q5_1, rows_q5_1_vnni = _rows_intrinsic("q5_1", False), _rows_intrinsic("q5_1", True)

@@ -1,8 +1,10 @@
 """Kernels for the 32-element block types Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (GGML layouts).
 
-matvec: activations quantized once per call to int8 blocks of 32 (common.quantize_act);
-each weight block is decoded in vector registers (common.dot_nib / dot32: pmaddwd-style
-integer products); 4 rows per loop iteration (independent chains, shared activation loads).
+matvec: activations quantized once per call to int8 blocks of 32 (common.quantize_act8);
+each call of a common.rows_* intrinsic walks all blocks of NR rows with the weights decoded
+in vector registers, per-row float vector accumulators and software prefetch. Two kernels
+per type, same results: *_vnni (AVX512-VNNI vpdpbusd) and a generic one; MATVEC holds the
+one this host runs (common.HAS_VNNI, decided at import; GGQ_NO_VNNI=1 forces generic).
 dequantize_rows: parallel exact decode of a row range to float32 (tiles for BLAS, embeddings).
 """
 from __future__ import annotations
@@ -10,13 +12,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .common import QK, dot32, dot_nib, f16, quantize_act
-
-G = 4  # rows per matvec iteration
-
-# ---------------------------------------------------------------------------------------
-# per-block helpers: decode one block of row r (byte offset `o` in the flat weights) and
-# return its contribution to y[r] given quantized activations of block b.
+from .common import (HAS_VNNI, NR, QK, f16, quantize_act8, rows_q4_0, rows_q4_0_vnni, rows_q4_1,
+                     rows_q4_1_vnni, rows_q5_0, rows_q5_0_vnni, rows_q5_1, rows_q5_1_vnni, rows_q8_0,
+                     rows_q8_0_vnni)
 
 
 @njit(inline="always")
@@ -26,211 +24,117 @@ def _qh32(w, o):
 
 
 @njit(inline="always")
-def _blk_q4_0(w, o, xq, xd, xs, b):
-    return f16(w[o], w[o + 1]) * xd[b] * np.float32(dot_nib(w, o + 2, np.uint32(0), 8, xq, b * QK))
+def _act(x):
+    nb = x.size // QK
+    xq = np.empty(x.size, np.int8)
+    xd = np.empty(nb, np.float32)
+    xp = np.empty(8 * nb, np.int32)
+    xs = np.empty(nb, np.float32)
+    quantize_act8(x, xq, xd, xp, xs)
+    return nb, xq, xd, xp, xs
 
 
 @njit(inline="always")
-def _blk_q4_1(w, o, xq, xd, xs, b):
-    d = f16(w[o], w[o + 1])
-    m = f16(w[o + 2], w[o + 3])
-    dot = dot_nib(w, o + 4, np.uint32(0), 0, xq, b * QK)
-    return d * xd[b] * np.float32(dot) + m * (xs[2 * b] + xs[2 * b + 1])
-
-
-@njit(inline="always")
-def _blk_q5_0(w, o, xq, xd, xs, b):
-    return f16(w[o], w[o + 1]) * xd[b] * np.float32(dot_nib(w, o + 6, _qh32(w, o + 2), 16, xq, b * QK))
-
-
-@njit(inline="always")
-def _blk_q5_1(w, o, xq, xd, xs, b):
-    d = f16(w[o], w[o + 1])
-    m = f16(w[o + 2], w[o + 3])
-    dot = dot_nib(w, o + 8, _qh32(w, o + 4), 0, xq, b * QK)
-    return d * xd[b] * np.float32(dot) + m * (xs[2 * b] + xs[2 * b + 1])
-
-
-@njit(inline="always")
-def _blk_q8_0(w, o, xq, xd, xs, b):
-    return f16(w[o], w[o + 1]) * xd[b] * np.float32(dot32(w, o + 2, xq, b * QK))
+def _put(y, r0, rows, t):
+    for r in range(NR):
+        if r0 + r < rows:
+            y[r0 + r] = t[r]
 
 
 # ---------------------------------------------------------------------------------------
 # matvec kernels: w uint8 (rows, row_bytes), x float32 (cols,), y float32 (rows,).
-# Same body per type, written out so each compiles (and caches) on its own, only when a
-# model uses it. Rows of the last group are clamped to rows-1 (recomputed, written once).
-# (Numba's disk cache misses every run for kernels built by a factory or given the block
-# decoder as an argument: its key holds the decoder's address.)
+# Same body per type and flavour, written out so each compiles (and caches) on its own, only
+# when a model uses it. (Numba's disk cache misses every run for kernels built by a factory
+# or given the row intrinsic as an argument: its key holds the argument's address.)
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q8_0(w, x, y):
     rows, rb = w.shape
-    nb = x.size // QK
-    xq = np.empty(x.size, np.int16)
-    xd = np.empty(nb, np.float32)
-    xs = np.empty(2 * nb, np.float32)
-    quantize_act(x, xq, xd, xs)
+    nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
-    for g in prange((rows + G - 1) // G):
-        r0 = g * G
-        o0 = r0 * rb
-        o1 = min(r0 + 1, rows - 1) * rb
-        o2 = min(r0 + 2, rows - 1) * rb
-        o3 = min(r0 + 3, rows - 1) * rb
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        for b in range(nb):
-            bo = b * 34
-            a0 += _blk_q8_0(wf, o0 + bo, xq, xd, xs, b)
-            a1 += _blk_q8_0(wf, o1 + bo, xq, xd, xs, b)
-            a2 += _blk_q8_0(wf, o2 + bo, xq, xd, xs, b)
-            a3 += _blk_q8_0(wf, o3 + bo, xq, xd, xs, b)
-        y[r0] = a0
-        if r0 + 1 < rows:
-            y[r0 + 1] = a1
-        if r0 + 2 < rows:
-            y[r0 + 2] = a2
-        if r0 + 3 < rows:
-            y[r0 + 3] = a3
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q8_0(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q8_0_vnni(w, x, y):
+    rows, rb = w.shape
+    nb, xq, xd, xp, xs = _act(x)
+    wf = w.reshape(-1)
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q8_0_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q4_0(w, x, y):
     rows, rb = w.shape
-    nb = x.size // QK
-    xq = np.empty(x.size, np.int16)
-    xd = np.empty(nb, np.float32)
-    xs = np.empty(2 * nb, np.float32)
-    quantize_act(x, xq, xd, xs)
+    nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
-    for g in prange((rows + G - 1) // G):
-        r0 = g * G
-        o0 = r0 * rb
-        o1 = min(r0 + 1, rows - 1) * rb
-        o2 = min(r0 + 2, rows - 1) * rb
-        o3 = min(r0 + 3, rows - 1) * rb
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        for b in range(nb):
-            bo = b * 18
-            a0 += _blk_q4_0(wf, o0 + bo, xq, xd, xs, b)
-            a1 += _blk_q4_0(wf, o1 + bo, xq, xd, xs, b)
-            a2 += _blk_q4_0(wf, o2 + bo, xq, xd, xs, b)
-            a3 += _blk_q4_0(wf, o3 + bo, xq, xd, xs, b)
-        y[r0] = a0
-        if r0 + 1 < rows:
-            y[r0 + 1] = a1
-        if r0 + 2 < rows:
-            y[r0 + 2] = a2
-        if r0 + 3 < rows:
-            y[r0 + 3] = a3
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q4_0(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q4_0_vnni(w, x, y):
+    rows, rb = w.shape
+    nb, xq, xd, xp, xs = _act(x)
+    wf = w.reshape(-1)
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q4_0_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q4_1(w, x, y):
     rows, rb = w.shape
-    nb = x.size // QK
-    xq = np.empty(x.size, np.int16)
-    xd = np.empty(nb, np.float32)
-    xs = np.empty(2 * nb, np.float32)
-    quantize_act(x, xq, xd, xs)
+    nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
-    for g in prange((rows + G - 1) // G):
-        r0 = g * G
-        o0 = r0 * rb
-        o1 = min(r0 + 1, rows - 1) * rb
-        o2 = min(r0 + 2, rows - 1) * rb
-        o3 = min(r0 + 3, rows - 1) * rb
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        for b in range(nb):
-            bo = b * 20
-            a0 += _blk_q4_1(wf, o0 + bo, xq, xd, xs, b)
-            a1 += _blk_q4_1(wf, o1 + bo, xq, xd, xs, b)
-            a2 += _blk_q4_1(wf, o2 + bo, xq, xd, xs, b)
-            a3 += _blk_q4_1(wf, o3 + bo, xq, xd, xs, b)
-        y[r0] = a0
-        if r0 + 1 < rows:
-            y[r0 + 1] = a1
-        if r0 + 2 < rows:
-            y[r0 + 2] = a2
-        if r0 + 3 < rows:
-            y[r0 + 3] = a3
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q4_1(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q4_1_vnni(w, x, y):
+    rows, rb = w.shape
+    nb, xq, xd, xp, xs = _act(x)
+    wf = w.reshape(-1)
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q4_1_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q5_0(w, x, y):
     rows, rb = w.shape
-    nb = x.size // QK
-    xq = np.empty(x.size, np.int16)
-    xd = np.empty(nb, np.float32)
-    xs = np.empty(2 * nb, np.float32)
-    quantize_act(x, xq, xd, xs)
+    nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
-    for g in prange((rows + G - 1) // G):
-        r0 = g * G
-        o0 = r0 * rb
-        o1 = min(r0 + 1, rows - 1) * rb
-        o2 = min(r0 + 2, rows - 1) * rb
-        o3 = min(r0 + 3, rows - 1) * rb
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        for b in range(nb):
-            bo = b * 22
-            a0 += _blk_q5_0(wf, o0 + bo, xq, xd, xs, b)
-            a1 += _blk_q5_0(wf, o1 + bo, xq, xd, xs, b)
-            a2 += _blk_q5_0(wf, o2 + bo, xq, xd, xs, b)
-            a3 += _blk_q5_0(wf, o3 + bo, xq, xd, xs, b)
-        y[r0] = a0
-        if r0 + 1 < rows:
-            y[r0 + 1] = a1
-        if r0 + 2 < rows:
-            y[r0 + 2] = a2
-        if r0 + 3 < rows:
-            y[r0 + 3] = a3
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q5_0(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q5_0_vnni(w, x, y):
+    rows, rb = w.shape
+    nb, xq, xd, xp, xs = _act(x)
+    wf = w.reshape(-1)
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q5_0_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q5_1(w, x, y):
     rows, rb = w.shape
-    nb = x.size // QK
-    xq = np.empty(x.size, np.int16)
-    xd = np.empty(nb, np.float32)
-    xs = np.empty(2 * nb, np.float32)
-    quantize_act(x, xq, xd, xs)
+    nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
-    for g in prange((rows + G - 1) // G):
-        r0 = g * G
-        o0 = r0 * rb
-        o1 = min(r0 + 1, rows - 1) * rb
-        o2 = min(r0 + 2, rows - 1) * rb
-        o3 = min(r0 + 3, rows - 1) * rb
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        for b in range(nb):
-            bo = b * 24
-            a0 += _blk_q5_1(wf, o0 + bo, xq, xd, xs, b)
-            a1 += _blk_q5_1(wf, o1 + bo, xq, xd, xs, b)
-            a2 += _blk_q5_1(wf, o2 + bo, xq, xd, xs, b)
-            a3 += _blk_q5_1(wf, o3 + bo, xq, xd, xs, b)
-        y[r0] = a0
-        if r0 + 1 < rows:
-            y[r0 + 1] = a1
-        if r0 + 2 < rows:
-            y[r0 + 2] = a2
-        if r0 + 3 < rows:
-            y[r0 + 3] = a3
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q5_1(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q5_1_vnni(w, x, y):
+    rows, rb = w.shape
+    nb, xq, xd, xp, xs = _act(x)
+    wf = w.reshape(-1)
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q5_1_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 # ---------------------------------------------------------------------------------------
@@ -317,7 +221,10 @@ def dequant_q5_1(w, r0, r1, out):
                 out[i, b * QK + l + 16] = d * np.float32(hi) + m
 
 
-MATVEC = {"Q8_0": matvec_q8_0, "Q4_0": matvec_q4_0, "Q4_1": matvec_q4_1,
-          "Q5_0": matvec_q5_0, "Q5_1": matvec_q5_1}
+MATVEC_GENERIC = {"Q8_0": matvec_q8_0, "Q4_0": matvec_q4_0, "Q4_1": matvec_q4_1,
+                  "Q5_0": matvec_q5_0, "Q5_1": matvec_q5_1}
+MATVEC_VNNI = {"Q8_0": matvec_q8_0_vnni, "Q4_0": matvec_q4_0_vnni, "Q4_1": matvec_q4_1_vnni,
+               "Q5_0": matvec_q5_0_vnni, "Q5_1": matvec_q5_1_vnni}
+MATVEC = MATVEC_VNNI if HAS_VNNI else MATVEC_GENERIC
 DEQUANT = {"Q8_0": dequant_q8_0, "Q4_0": dequant_q4_0, "Q4_1": dequant_q4_1,
            "Q5_0": dequant_q5_0, "Q5_1": dequant_q5_1}

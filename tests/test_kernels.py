@@ -240,15 +240,70 @@ def test_no_vnni_env_forces_generic_kernels(rng, tmp_path):
     np.save(tmp_path / "w.npy", w)
     np.save(tmp_path / "x.npy", x)
     code = ("import sys, numpy as np\n"
-            "from ggq.kernels import common, legacy\n"
+            "from ggq.kernels import common, kquants, legacy\n"
             "from ggq.runtime.linear import linear\n"
             "assert not common.HAS_VNNI and legacy.MATVEC is legacy.MATVEC_GENERIC\n"
+            "assert kquants.MATVEC is kquants.MATVEC_GENERIC\n"
             "d = sys.argv[1]\n"
-            f"np.save(d + '/y.npy', linear({name!r}, np.load(d + '/w.npy'), {cols}, np.load(d + '/x.npy')))\n")
+            f"np.save(d + '/y.npy', linear({name!r}, np.load(d + '/w.npy'), {cols}, np.load(d + '/x.npy')))\n"
+            f"np.save(d + '/yk.npy', linear('Q6_K', np.load(d + '/wk.npy'), 512, np.load(d + '/xk.npy')))\n")
+    wk = random_weights("Q6_K", 9, 512, rng)
+    xk = rng.standard_normal((1, 512), dtype=np.float32)
+    np.save(tmp_path / "wk.npy", wk)
+    np.save(tmp_path / "xk.npy", xk)
     env = dict(os.environ, GGQ_NO_VNNI="1")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, check=True,
                    cwd=str(Path(__file__).resolve().parents[1]))
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), linear(name, w, cols, x))
+    np.testing.assert_array_equal(np.load(tmp_path / "yk.npy"), linear("Q6_K", wk, 512, xk))
+
+
+KQUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+DMIN_AT = {"Q2_K": 82, "Q4_K": 2, "Q5_K": 2}  # offset of the f16 dmin field (types with mins)
+
+
+def kquant_int8_reference(name, w, cols, x):
+    """float64 reference of the k-quant int8 matvec semantics: activations rounded to int8 per
+    32 (d = absmax / 127, q = round(x / d) in float32, as quantize_act), sub-block scales and
+    codes exactly; the min terms use the exact activations (dmin * min * sum x)."""
+    nb = cols // 32
+    xb = x.reshape(nb, 32)
+    d = np.abs(xb).max(axis=1) / np.float32(127.0)
+    inv = np.where(d > 0, np.float32(1.0) / np.where(d > 0, d, 1), 0).astype(np.float32)
+    xdeq = (np.round(xb * inv[:, None]) * d[:, None]).astype(np.float64).reshape(cols)
+    w_a = np.array(w)
+    if name in DMIN_AT:
+        o = DMIN_AT[name]
+        w_a.reshape(w.shape[0], -1, INFO[name][0])[:, :, o:o + 2] = 0
+    W_a = ref_dequant(name, w_a, cols)
+    W_m = W_a - ref_dequant(name, w, cols)  # dmin * min per element (0 without mins)
+    ref = W_a @ xdeq - W_m @ x.astype(np.float64)
+    mag = np.abs(W_a) @ np.abs(xdeq) + np.abs(W_m) @ np.abs(x.astype(np.float64))
+    return ref, mag
+
+
+@pytest.mark.parametrize("name", KQUANTS)
+def test_kquant_vnni_and_generic_kernels_agree(name, rng):
+    """k-quant matvec: the AVX512-VNNI and the generic kernels give bit-identical results, and
+    both keep the integer semantics of the int8 path (checked against a float64 reference)."""
+    from ggq.kernels import common, kquants
+    gen = getattr(kquants, "matvec_" + name.lower())
+    vnni = getattr(kquants, "matvec_" + name.lower() + "_vnni")
+    assert kquants.MATVEC[name] is (vnni if common.HAS_VNNI else gen)
+    for rows, cols in [(1, 256), (3, 512), (13, 768), (1001, 1024)]:
+        w = random_weights(name, rows, cols, rng)
+        x = rng.standard_normal((1, cols), dtype=np.float32)
+        x[0, :32] *= 1e3
+        x[0, 32:64] = 0.0  # zero activation block (d = 0)
+        y = np.full(rows, np.nan, np.float32)
+        gen(w, x[0], y)
+        check(name, w, cols, x, y[None])
+        ref, mag = kquant_int8_reference(name, w, cols, x[0])
+        assert (np.abs(y - ref) <= 1e-5 * mag + 1e-30).all(), f"{name}: {(np.abs(y - ref) / mag).max():.3g}"
+        if common._host_has_vnni():
+            y2 = np.full(rows, np.nan, np.float32)
+            vnni(w, x[0], y2)
+            np.testing.assert_array_equal(y2, y)
 
 
 def test_quantize_act8_matches_quantize_act(rng):

@@ -7,7 +7,9 @@
   reported as tokens/s if that were the whole model, and GB/s of weight bytes streamed.
   k-quant rows must be multiples of 256, so they use 576x1536 matrices (same total weights).
 - gemma3 out: one matvec with Gemma 3 270M's tied output projection, 262144 x 640 (types
-  with 32-element blocks); on AVX512-VNNI hosts also the generic (non-VNNI) legacy kernel.
+  with 32-element blocks); on AVX512-VNNI hosts also the generic (non-VNNI) kernel.
+- k-quants: one matvec of 640 x 1024 (Gemma 3 attn_output), 640 x 2048 (ffn_down) and
+  16384 x 4096, same generic line.
 - batch: a 128-token batch through the 1536x576 and 576x1536 matrices, GFLOP/s (2*n*rows*cols).
 - baselines: NumPy float32 matvec / matmul on the same shapes.
 - cold compile: a fresh process with an empty NUMBA_CACHE_DIR compiles one type's kernels.
@@ -79,16 +81,17 @@ def bench_decode(name, reps, rng):
 
 
 def bench_big(name, reps, rng, rows=262144, cols=640):
-    """(ms, GB/s) per matvec of a rows x cols matrix: linear(), and the generic legacy kernel
-    where MATVEC holds the VNNI one."""
-    from ggq.kernels import legacy
+    """(ms, GB/s) per matvec of a rows x cols matrix: linear(), and the generic kernel where
+    MATVEC holds the VNNI one (legacy and k-quant types)."""
+    from ggq.kernels import kquants, legacy
     from ggq.runtime.linear import linear
     w = random_weights(name, rows, cols, rng)
     x = rng.standard_normal((1, cols), dtype=np.float32)
     out = np.empty((1, rows), np.float32)
     runs = {"": lambda: linear(name, w, cols, x, out=out)}
-    gen = legacy.MATVEC_GENERIC.get(name)
-    if gen is not None and gen is not legacy.MATVEC[name]:
+    mod = kquants if name in kquants.MATVEC else legacy
+    gen = mod.MATVEC_GENERIC.get(name)
+    if gen is not None and gen is not mod.MATVEC[name]:
         runs[" generic"] = lambda: gen(w, x[0], out[0])
     res = {}
     for f in runs.values():
@@ -205,6 +208,10 @@ def main(argv=None):
         if INFO[name][1] in (1, 32):
             for k, (ms, gbs) in bench_big(name, a.repeats, rng).items():
                 print(f"{name + k:>10} gemma3 out 262144x640 {ms:7.2f} ms {gbs:6.1f} GB/s")
+        elif INFO[name][1] == 256:
+            for rows, cols in ((640, 1024), (640, 2048), (16384, 4096)):
+                for k, (ms, gbs) in bench_big(name, a.repeats, rng, rows, cols).items():
+                    print(f"{name + k:>10} matvec {rows}x{cols} {ms:7.3f} ms {gbs:6.1f} GB/s")
     if not a.no_batch:
         print(f"{'numpy f32':>10} batch128 {bench_numpy_batch(a.repeats, rng):7.1f} GFLOP/s")
         for name in types:

@@ -420,3 +420,247 @@ rows_q4_0, rows_q4_0_vnni = _rows_intrinsic("q4_0", False), _rows_intrinsic("q4_
 rows_q4_1, rows_q4_1_vnni = _rows_intrinsic("q4_1", False), _rows_intrinsic("q4_1", True)
 rows_q5_0, rows_q5_0_vnni = _rows_intrinsic("q5_0", False), _rows_intrinsic("q5_0", True)
 rows_q5_1, rows_q5_1_vnni = _rows_intrinsic("q5_1", False), _rows_intrinsic("q5_1", True)
+
+
+# ---------------------------------------------------------------------------------------
+# k-quant (Q2_K .. Q6_K) matvec: the same scheme for 256-element super-blocks. Activations
+# from quantize_act8 (int8 per 32, the values quantize_act gives). Per super-block and row,
+# each of the 8 chunks of 32 codes gives 8 int32 lanes (lane j = elements 4j..4j+3) of
+# sum (code - bias) * xq, multiplied in integers by the chunk's sub-block scales (one per
+# 32, or one per 16 = lanes 0-3 / 4-7), converted to float and multiply-added by d * xd into
+# the row's <8 x float> accumulator. The integer sums are exactly those of dot_k; only the
+# float accumulation order differs. Mins (Q2_K, Q4_K, Q5_K) go into a second per-row float
+# vector: dmin * min * (exact float sum of the activations), as before.
+# Codes are unsigned (0..63) and fed to vpdpbusd as they are; the bias (Q6_K 32, Q3_K 4) is
+# the lane's start value -bias * xp. The generic flavour subtracts it in int16 instead.
+
+# per type: super-block bytes, code bias
+_KQ = {"q2_k": (84, 0), "q3_k": (110, 4), "q4_k": (144, 0), "q5_k": (176, 0), "q6_k": (210, 32)}
+
+
+def _krows_intrinsic(kind, vnni):
+    bs, bias = _KQ[kind]
+    mins = kind in ("q2_k", "q4_k", "q5_k")
+    nmin = 16 if kind == "q2_k" else 8  # mins per super-block (xs: sums per 16 for Q2_K, else per 32)
+
+    def typer(typingctx, wa, r0, rows, rb, nsb, xq, xd, xp, xs):
+        if not _ok(wa, xq, xd, xp, xs):
+            return None
+        ip = types.intp
+        return types.UniTuple(types.float32, NR)(wa, ip, ip, ip, ip, xq, xd, xp, xs), codegen
+
+    def codegen(context, builder, signature, args):
+        wty, _, _, _, _, xqty, xdty, xpty, xsty = signature.args
+        wa, r0, rows, rb, nsb, xqa, xda, xpa, xsa = args
+        i8, i16, i32, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
+        ity = r0.type
+        v8i32, v8f, v32i8 = ir.VectorType(i32, 8), ir.VectorType(f32, 8), ir.VectorType(i8, 32)
+        vmf = ir.VectorType(f32, nmin)
+
+        def data(ty, a):
+            return context.make_array(ty)(context, builder, a).data
+
+        wp, xqp, xdp, xpp, xsp = (data(wty, wa), data(xqty, xqa), data(xdty, xda),
+                                  data(xpty, xpa), data(xsty, xsa))
+
+        def k(v):
+            return ir.Constant(ity, v)
+
+        def vload(ptr, off, vty, align):
+            return builder.load(builder.bitcast(builder.gep(ptr, [off]), vty.as_pointer()), align=align)
+
+        def cv(ty, v, n):
+            return ir.Constant(ir.VectorType(ty, n), [v] * n)
+
+        def splat(c, n):
+            return _splat(builder, c, c.type, n)
+
+        def shuf(a, idx):
+            return builder.shuffle_vector(a, a, ir.Constant(ir.VectorType(i32, len(idx)), idx))
+
+        def c32(v):
+            return ir.Constant(i32, v)
+
+        def bit_to(v, src, dst, mask):
+            # (v >> src) << dst, masked: one shift of a <32 x i8> and an and
+            if src < dst:
+                v = builder.shl(v, cv(i8, dst - src, 32))
+            elif src > dst:
+                v = builder.lshr(v, cv(i8, src - dst, 32))
+            return builder.and_(v, cv(i8, mask, 32))
+
+        contract = ("contract",)
+        last = builder.sub(rows, k(1))
+        offs = []
+        for r in range(NR):
+            rr = builder.add(r0, k(r))
+            offs.append(builder.mul(builder.select(builder.icmp_signed("<", rr, last), rr, last), rb))
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [0.0] * 8)) for _ in range(NR)]
+        maccs = [cgutils.alloca_once_value(builder, ir.Constant(vmf, [0.0] * nmin)) for _ in range(NR)] \
+            if mins else []
+        pi8 = i8.as_pointer()
+        pfn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [pi8, i32, i32, i32]),
+            "llvm.prefetch.p0" if str(pi8) == "ptr" else "llvm.prefetch.p0i8")
+        if vnni:
+            dpb = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v8i32, [v8i32, v8i32, v8i32]), "llvm.x86.avx512.vpdpbusd.256")
+
+        def decode(o):
+            """-> d, dmin (or None), mins as <nmin x float> (or None), [(codes <32 x u8>, scale <8 x i32>)] * 8"""
+            def ld(off, n):
+                return vload(wp, builder.add(o, k(off)), ir.VectorType(i8, n), 1)
+
+            def ld32(off):
+                return vload(wp, builder.add(o, k(off)), i32, 1)
+
+            def f16at(off):
+                return _f16_ir(builder, vload(wp, builder.add(o, k(off)), i16, 1))
+
+            def words16(ws):  # four i32 -> <16 x i32> of their bytes (little-endian)
+                v = ir.Constant(ir.VectorType(i32, 4), ir.Undefined)
+                for n, wv in enumerate(ws):
+                    v = builder.insert_element(v, wv, c32(n))
+                return builder.bitcast(v, ir.VectorType(i8, 16))
+
+            def pair(sc16, a, b):  # lanes 0-3 = sc16[a], lanes 4-7 = sc16[b]
+                return shuf(sc16, [a] * 4 + [b] * 4)
+
+            chunks = []
+            dmin = mf = None
+            if kind in ("q4_k", "q5_k"):
+                d, dmin = f16at(0), f16at(2)
+                u0, u1, u2 = ld32(4), ld32(8), ld32(12)
+                m1, m2, m3 = c32(0x3F3F3F3F), c32(0x0F0F0F0F), c32(0x03030303)
+                t3 = builder.or_(builder.and_(builder.lshr(u2, c32(4)), m2),
+                                 builder.shl(builder.and_(builder.lshr(u1, c32(6)), m3), c32(4)))
+                t1 = builder.or_(builder.and_(u2, m2),
+                                 builder.shl(builder.and_(builder.lshr(u0, c32(6)), m3), c32(4)))
+                sm = builder.zext(words16([builder.and_(u0, m1), t1, builder.and_(u1, m1), t3]),
+                                  ir.VectorType(i32, 16))  # scales 0..7, mins 0..7
+                mf = builder.uitofp(shuf(sm, list(range(8, 16))), vmf)
+                qh = ld(16, 32) if kind == "q5_k" else None
+                qs = 16 if kind == "q4_k" else 48
+                for j in range(4):
+                    v = ld(qs + 32 * j, 32)
+                    lo = builder.and_(v, cv(i8, 15, 32))
+                    hi = builder.lshr(v, cv(i8, 4, 32))
+                    if qh is not None:
+                        lo = builder.or_(lo, bit_to(qh, 2 * j, 4, 16))
+                        hi = builder.or_(hi, bit_to(qh, 2 * j + 1, 4, 16))
+                    chunks.append((lo, shuf(sm, [2 * j] * 8)))
+                    chunks.append((hi, shuf(sm, [2 * j + 1] * 8)))
+            elif kind == "q6_k":
+                d = f16at(208)
+                sc = builder.sext(ld(192, 16), ir.VectorType(i32, 16))
+                for n in range(2):
+                    ql0, ql1, qh = ld(64 * n, 32), ld(64 * n + 32, 32), ld(128 + 32 * n, 32)
+                    for t in range(4):
+                        v = ql0 if t % 2 == 0 else ql1
+                        v = builder.and_(v, cv(i8, 15, 32)) if t < 2 else builder.lshr(v, cv(i8, 4, 32))
+                        v = builder.or_(v, bit_to(qh, 2 * t, 4, 0x30))
+                        chunks.append((v, pair(sc, 8 * n + 2 * t, 8 * n + 2 * t + 1)))
+            elif kind == "q3_k":
+                d = f16at(108)
+                a0, a1, tm = ld32(96), ld32(100), ld32(104)
+                k1, k2 = c32(0x03030303), c32(0x0F0F0F0F)
+
+                def part(a, sh_a, sh_t):
+                    lo = builder.and_(builder.lshr(a, c32(sh_a)) if sh_a else a, k2)
+                    hb = builder.and_(builder.lshr(tm, c32(sh_t)) if sh_t else tm, k1)
+                    return builder.or_(lo, builder.shl(hb, c32(4)))
+
+                sc = builder.sub(builder.zext(words16([part(a0, 0, 0), part(a1, 0, 2), part(a0, 4, 4),
+                                                       part(a1, 4, 6)]), ir.VectorType(i32, 16)),
+                                 cv(i32, 32, 16))
+                hm = ld(0, 32)
+                for n in range(2):
+                    q = ld(32 + 32 * n, 32)
+                    for j in range(4):
+                        v = builder.and_(builder.lshr(q, cv(i8, 2 * j, 32)) if j else q, cv(i8, 3, 32))
+                        v = builder.or_(v, bit_to(hm, 4 * n + j, 2, 4))
+                        chunks.append((v, pair(sc, 8 * n + 2 * j, 8 * n + 2 * j + 1)))
+            else:  # q2_k
+                d, dmin = f16at(80), f16at(82)
+                s8 = ld(0, 16)
+                sc = builder.zext(builder.and_(s8, cv(i8, 15, 16)), ir.VectorType(i32, 16))
+                mf = builder.uitofp(builder.lshr(s8, cv(i8, 4, 16)), vmf)
+                for n in range(2):
+                    q = ld(16 + 32 * n, 32)
+                    for j in range(4):
+                        v = builder.and_(builder.lshr(q, cv(i8, 2 * j, 32)) if j else q, cv(i8, 3, 32))
+                        chunks.append((v, pair(sc, 8 * n + 2 * j, 8 * n + 2 * j + 1)))
+            return d, dmin, mf, chunks
+
+        with cgutils.for_range(builder, nsb) as loop:
+            s = loop.index
+            base = builder.add(offs[0], builder.add(k(PREFETCH), builder.mul(s, k(NR * bs))))
+            for j in range((NR * bs + 63) // 64):
+                builder.call(pfn, [builder.gep(wp, [builder.add(base, k(64 * j))]),
+                                   ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            c0 = builder.mul(s, k(8))  # first activation block of the super-block
+            xin = []
+            for c in range(8):
+                cb = builder.add(c0, k(c))
+                xv = vload(xqp, builder.mul(cb, k(QK)), v32i8, 1)
+                if vnni:
+                    init = builder.mul(vload(xpp, builder.mul(cb, k(8)), v8i32, 4), cv(i32, -bias, 8)) \
+                        if bias else cv(i32, 0, 8)
+                    xin.append((builder.bitcast(xv, v8i32), init))
+                else:
+                    xin.append((builder.sext(xv, ir.VectorType(i32, 32)), None))
+            xdv = vload(xdp, c0, v8f, 4)
+            if mins:
+                xsv = vload(xsp, builder.mul(s, k(nmin)), vmf, 4)
+            bo = builder.mul(s, k(bs))
+            for r in range(NR):
+                d, dmin, mf, chunks = decode(builder.add(offs[r], bo))
+                ddv = builder.fmul(splat(d, 8), xdv)
+                acc = builder.load(accs[r])
+                for c, (q, scv) in enumerate(chunks):
+                    xa, init = xin[c]
+                    if vnni:
+                        dot = builder.call(dpb, [init, builder.bitcast(q, v8i32), xa])
+                    else:
+                        v16 = ir.VectorType(i16, 32)
+                        q16 = builder.zext(q, v16)
+                        if bias:
+                            q16 = builder.sub(q16, cv(i16, bias, 32))
+                        m = builder.mul(builder.sext(q16, ir.VectorType(i32, 32)), xa)
+                        t = builder.add(shuf(m, list(range(0, 32, 2))), shuf(m, list(range(1, 32, 2))))
+                        dot = builder.add(shuf(t, list(range(0, 16, 2))), shuf(t, list(range(1, 16, 2))))
+                    dot = builder.mul(dot, scv)
+                    dd = shuf(ddv, [c] * 8)
+                    acc = builder.fadd(acc, builder.fmul(builder.sitofp(dot, v8f), dd, flags=contract),
+                                       flags=contract)
+                builder.store(acc, accs[r])
+                if mins:
+                    mm = builder.fmul(builder.fmul(mf, xsv), splat(dmin, nmin), flags=contract)
+                    builder.store(builder.fadd(builder.load(maccs[r]), mm, flags=contract), maccs[r])
+
+        def hsum(a, n):
+            while n > 1:
+                n //= 2
+                a = builder.fadd(shuf(a, list(range(n))), shuf(a, list(range(n, 2 * n))))
+            return builder.extract_element(a, c32(0))
+
+        outs = []
+        for r in range(NR):
+            v = hsum(builder.load(accs[r]), 8)
+            if mins:
+                v = builder.fsub(v, hsum(builder.load(maccs[r]), nmin))
+            outs.append(v)
+        return context.make_tuple(builder, signature.return_type, outs)
+
+    typer.__name__ = typer.__qualname__ = f"rows_{kind}" + ("_vnni" if vnni else "")
+    return intrinsic(typer)
+
+
+# rows_<k-type>[_vnni](w_flat, r0, rows, row_bytes, nsuperblocks, xq, xd, xp, xs) -> NR float32,
+# activations from quantize_act8; xs: float sums per 32 (Q4_K, Q5_K), per 16 (Q2_K), unused
+# (Q3_K, Q6_K).
+rows_q2_k, rows_q2_k_vnni = _krows_intrinsic("q2_k", False), _krows_intrinsic("q2_k", True)
+rows_q3_k, rows_q3_k_vnni = _krows_intrinsic("q3_k", False), _krows_intrinsic("q3_k", True)
+rows_q4_k, rows_q4_k_vnni = _krows_intrinsic("q4_k", False), _krows_intrinsic("q4_k", True)
+rows_q5_k, rows_q5_k_vnni = _krows_intrinsic("q5_k", False), _krows_intrinsic("q5_k", True)
+rows_q6_k, rows_q6_k_vnni = _krows_intrinsic("q6_k", False), _krows_intrinsic("q6_k", True)

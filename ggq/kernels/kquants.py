@@ -1,21 +1,28 @@
 """Kernels for the 256-element super-block types Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (GGML layouts).
 
-Each super-block of a row is decoded into an int16 scratch with its integer sub-block scale
-folded in (|q * scale| <= 4096, so int16 x int16 products stay exact in int32), plus integer
-sub-block mins per 16 elements. Then:
-    y += d * sum_c xd[c] * dot32(w', xq)  -  dmin * sum_s min[s] * xsum16[s]
-with xq/xd the int8-quantized activations (32 per scale) and xsum16 exact float sums.
-dequantize: the same decode, then d * w' - dmin * min (exact up to float rounding order).
+matvec: activations quantized once per call to int8 blocks of 32 (common.quantize_act8: the
+values quantize_act gives) plus exact float sums per 32 (per 16 for Q2_K). Each call of a
+common.rows_* intrinsic walks all super-blocks of NR rows: per 32-element chunk the codes
+are decoded in vector registers, the integer dot sum (code - bias) * xq is kept in 8 int32
+lanes, multiplied in integers by the chunk's sub-block scales, converted to float and
+multiply-added by d * xd into a per-row float vector (reduced once per row):
+    y = sum_c d * xd[c] * dot32_c(scale * (code - bias), xq)  -  dmin * sum_s min[s] * xsum[s]
+(the integer sums are those of the previous int16 kernels; only float order differs).
+Two kernels per type, same results: *_vnni (AVX512-VNNI vpdpbusd) and a generic one; MATVEC
+holds the one this host runs (common.HAS_VNNI; GGQ_NO_VNNI=1 forces generic).
+dequantize: the block decode into an int16 scratch with the integer sub-block scale folded
+in, then d * w' - dmin * min (exact up to float rounding order).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from .common import QK, dot_k, f16, quantize_act
+from .common import (HAS_VNNI, NR, QK, f16, quantize_act8, rows_q2_k, rows_q2_k_vnni, rows_q3_k,
+                     rows_q3_k_vnni, rows_q4_k, rows_q4_k_vnni, rows_q5_k, rows_q5_k_vnni, rows_q6_k,
+                     rows_q6_k_vnni)
 
 QKK = 256
-G = 4          # rows per matvec iteration
 
 
 @njit(inline="always")
@@ -139,256 +146,131 @@ def _dec_q2_k(w, o, q, qo, mn, mo):
 
 
 @njit(inline="always")
-def _prologue(x):
+def _act(x):
     nb = x.size // QK
-    xq = np.empty(x.size, np.int16)
+    xq = np.empty(x.size, np.int8)
     xd = np.empty(nb, np.float32)
-    xs = np.empty(2 * nb, np.float32)
-    quantize_act(x, xq, xd, xs)
-    return xq, xd, xs
+    xp = np.empty(8 * nb, np.int32)
+    xs = np.empty(nb, np.float32)
+    quantize_act8(x, xq, xd, xp, xs)
+    return x.size // QKK, xq, xd, xp, xs
 
 
 @njit(inline="always")
-def _xs32(xs, b):
-    return xs[2 * b] + xs[2 * b + 1]
+def _act16(x):
+    """as _act, with xs the float sums per 16 (Q2_K's mins are per 16)"""
+    nsb, xq, xd, xp, xs32 = _act(x)
+    xs = np.empty(x.size // 16, np.float32)
+    for h in range(x.size // 16):
+        s = np.float32(0.0)
+        for k in range(16):
+            s += x[16 * h + k]
+        xs[h] = s
+    return nsb, xq, xd, xp, xs
 
 
 @njit(inline="always")
-def _sb_q4_k(w, o, xq, xd, xs, sb):
-    acc = np.float32(0.0)
-    macc = np.float32(0.0)
-    for j in range(4):
-        sc1, m1 = _scale_min_k4(w, o + 4, 2 * j)
-        sc2, m2 = _scale_min_k4(w, o + 4, 2 * j + 1)
-        b = 8 * sb + 2 * j
-        a = o + 16 + 32 * j
-        acc += xd[b] * np.float32(dot_k(w, a, 0, 15, a, 0, 0, 0, 0, sc1, sc1, xq, b * QK))
-        acc += xd[b + 1] * np.float32(dot_k(w, a, 4, 15, a, 0, 0, 0, 0, sc2, sc2, xq, (b + 1) * QK))
-        macc += np.float32(m1) * _xs32(xs, b) + np.float32(m2) * _xs32(xs, b + 1)
-    return f16(w[o], w[o + 1]) * acc - f16(w[o + 2], w[o + 3]) * macc
-
-
-@njit(inline="always")
-def _sb_q5_k(w, o, xq, xd, xs, sb):
-    acc = np.float32(0.0)
-    macc = np.float32(0.0)
-    for j in range(4):
-        sc1, m1 = _scale_min_k4(w, o + 4, 2 * j)
-        sc2, m2 = _scale_min_k4(w, o + 4, 2 * j + 1)
-        b = 8 * sb + 2 * j
-        a = o + 48 + 32 * j
-        acc += xd[b] * np.float32(dot_k(w, a, 0, 15, o + 16, 2 * j, 1, 4, 0, sc1, sc1, xq, b * QK))
-        acc += xd[b + 1] * np.float32(dot_k(w, a, 4, 15, o + 16, 2 * j + 1, 1, 4, 0, sc2, sc2, xq, (b + 1) * QK))
-        macc += np.float32(m1) * _xs32(xs, b) + np.float32(m2) * _xs32(xs, b + 1)
-    return f16(w[o], w[o + 1]) * acc - f16(w[o + 2], w[o + 3]) * macc
-
-
-@njit(inline="always")
-def _sb_q6_k(w, o, xq, xd, xs, sb):
-    acc = np.float32(0.0)
-    for n in range(2):
-        ql = o + 64 * n
-        qh = o + 128 + 32 * n
-        sc = o + 192 + 8 * n
-        for t in range(4):
-            b = 8 * sb + 4 * n + t
-            s0 = np.int32(np.int8(w[sc + 2 * t]))
-            s1 = np.int32(np.int8(w[sc + 2 * t + 1]))
-            dot = dot_k(w, ql + 32 * (t & 1), 4 * (t >> 1), 15, qh, 2 * t, 3, 4, 32, s0, s1, xq, b * QK)
-            acc += xd[b] * np.float32(dot)
-    return f16(w[o + 208], w[o + 209]) * acc
-
-
-@njit(inline="always")
-def _sb_q3_k(w, o, xq, xd, xs, sb):
-    acc = np.float32(0.0)
-    for n in range(2):
-        for j in range(4):
-            b = 8 * sb + 4 * n + j
-            s0 = _q3_scale(w, o + 96, 8 * n + 2 * j)
-            s1 = _q3_scale(w, o + 96, 8 * n + 2 * j + 1)
-            dot = dot_k(w, o + 32 + 32 * n, 2 * j, 3, o, 4 * n + j, 1, 2, 4, s0, s1, xq, b * QK)
-            acc += xd[b] * np.float32(dot)
-    return f16(w[o + 108], w[o + 109]) * acc
-
-
-@njit(inline="always")
-def _sb_q2_k(w, o, xq, xd, xs, sb):
-    acc = np.float32(0.0)
-    macc = np.float32(0.0)
-    for n in range(2):
-        for j in range(4):
-            b = 8 * sb + 4 * n + j
-            i = 8 * n + 2 * j
-            c0 = np.int32(w[o + i])
-            c1 = np.int32(w[o + i + 1])
-            a = o + 16 + 32 * n
-            dot = dot_k(w, a, 2 * j, 3, a, 0, 0, 0, 0, c0 & 15, c1 & 15, xq, b * QK)
-            acc += xd[b] * np.float32(dot)
-            macc += np.float32(c0 >> 4) * xs[16 * sb + i] + np.float32(c1 >> 4) * xs[16 * sb + i + 1]
-    return f16(w[o + 80], w[o + 81]) * acc - f16(w[o + 82], w[o + 83]) * macc
+def _put(y, r0, rows, t):
+    for r in range(NR):
+        if r0 + r < rows:
+            y[r0 + r] = t[r]
 
 
 # ---------------------------------------------------------------------------------------
-# matvec: the same body per type, written out so each compiles (and caches) on its own,
-# only when a model uses it. 4 rows per iteration; the last group's extra rows are clamped
-# to rows-1 (recomputed, written once).
-# (Numba's disk cache misses every run for kernels built by a factory or given the block
-# decoder as an argument: its key holds the decoder's address.)
+# matvec kernels: w uint8 (rows, row_bytes), x float32 (cols,), y float32 (rows,).
+# One common.rows_* call per NR rows (the last group's extra rows are clamped to rows-1,
+# recomputed, written once). Same body per type and flavour, written out so each compiles
+# (and caches) on its own, only when a model uses it. (Numba's disk cache misses every run
+# for kernels built by a factory or given the row intrinsic as an argument.)
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q2_k(w, x, y):
     rows, rb = w.shape
-    nsb = x.size // QKK
-    xq, xd, xs = _prologue(x)
+    nsb, xq, xd, xp, xs = _act16(x)
     wf = w.reshape(-1)
-    for g in prange((rows + G - 1) // G):
-        r0 = g * G
-        o0 = r0 * rb
-        o1 = min(r0 + 1, rows - 1) * rb
-        o2 = min(r0 + 2, rows - 1) * rb
-        o3 = min(r0 + 3, rows - 1) * rb
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        for sb in range(nsb):
-            bo = sb * 84
-            a0 += _sb_q2_k(wf, o0 + bo, xq, xd, xs, sb)
-            a1 += _sb_q2_k(wf, o1 + bo, xq, xd, xs, sb)
-            a2 += _sb_q2_k(wf, o2 + bo, xq, xd, xs, sb)
-            a3 += _sb_q2_k(wf, o3 + bo, xq, xd, xs, sb)
-        y[r0] = a0
-        if r0 + 1 < rows:
-            y[r0 + 1] = a1
-        if r0 + 2 < rows:
-            y[r0 + 2] = a2
-        if r0 + 3 < rows:
-            y[r0 + 3] = a3
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q2_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q2_k_vnni(w, x, y):
+    rows, rb = w.shape
+    nsb, xq, xd, xp, xs = _act16(x)
+    wf = w.reshape(-1)
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q2_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q3_k(w, x, y):
     rows, rb = w.shape
-    nsb = x.size // QKK
-    xq, xd, xs = _prologue(x)
+    nsb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
-    for g in prange((rows + G - 1) // G):
-        r0 = g * G
-        o0 = r0 * rb
-        o1 = min(r0 + 1, rows - 1) * rb
-        o2 = min(r0 + 2, rows - 1) * rb
-        o3 = min(r0 + 3, rows - 1) * rb
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        for sb in range(nsb):
-            bo = sb * 110
-            a0 += _sb_q3_k(wf, o0 + bo, xq, xd, xs, sb)
-            a1 += _sb_q3_k(wf, o1 + bo, xq, xd, xs, sb)
-            a2 += _sb_q3_k(wf, o2 + bo, xq, xd, xs, sb)
-            a3 += _sb_q3_k(wf, o3 + bo, xq, xd, xs, sb)
-        y[r0] = a0
-        if r0 + 1 < rows:
-            y[r0 + 1] = a1
-        if r0 + 2 < rows:
-            y[r0 + 2] = a2
-        if r0 + 3 < rows:
-            y[r0 + 3] = a3
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q3_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q3_k_vnni(w, x, y):
+    rows, rb = w.shape
+    nsb, xq, xd, xp, xs = _act(x)
+    wf = w.reshape(-1)
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q3_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q4_k(w, x, y):
     rows, rb = w.shape
-    nsb = x.size // QKK
-    xq, xd, xs = _prologue(x)
+    nsb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
-    for g in prange((rows + G - 1) // G):
-        r0 = g * G
-        o0 = r0 * rb
-        o1 = min(r0 + 1, rows - 1) * rb
-        o2 = min(r0 + 2, rows - 1) * rb
-        o3 = min(r0 + 3, rows - 1) * rb
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        for sb in range(nsb):
-            bo = sb * 144
-            a0 += _sb_q4_k(wf, o0 + bo, xq, xd, xs, sb)
-            a1 += _sb_q4_k(wf, o1 + bo, xq, xd, xs, sb)
-            a2 += _sb_q4_k(wf, o2 + bo, xq, xd, xs, sb)
-            a3 += _sb_q4_k(wf, o3 + bo, xq, xd, xs, sb)
-        y[r0] = a0
-        if r0 + 1 < rows:
-            y[r0 + 1] = a1
-        if r0 + 2 < rows:
-            y[r0 + 2] = a2
-        if r0 + 3 < rows:
-            y[r0 + 3] = a3
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q4_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q4_k_vnni(w, x, y):
+    rows, rb = w.shape
+    nsb, xq, xd, xp, xs = _act(x)
+    wf = w.reshape(-1)
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q4_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q5_k(w, x, y):
     rows, rb = w.shape
-    nsb = x.size // QKK
-    xq, xd, xs = _prologue(x)
+    nsb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
-    for g in prange((rows + G - 1) // G):
-        r0 = g * G
-        o0 = r0 * rb
-        o1 = min(r0 + 1, rows - 1) * rb
-        o2 = min(r0 + 2, rows - 1) * rb
-        o3 = min(r0 + 3, rows - 1) * rb
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        for sb in range(nsb):
-            bo = sb * 176
-            a0 += _sb_q5_k(wf, o0 + bo, xq, xd, xs, sb)
-            a1 += _sb_q5_k(wf, o1 + bo, xq, xd, xs, sb)
-            a2 += _sb_q5_k(wf, o2 + bo, xq, xd, xs, sb)
-            a3 += _sb_q5_k(wf, o3 + bo, xq, xd, xs, sb)
-        y[r0] = a0
-        if r0 + 1 < rows:
-            y[r0 + 1] = a1
-        if r0 + 2 < rows:
-            y[r0 + 2] = a2
-        if r0 + 3 < rows:
-            y[r0 + 3] = a3
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q5_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q5_k_vnni(w, x, y):
+    rows, rb = w.shape
+    nsb, xq, xd, xp, xs = _act(x)
+    wf = w.reshape(-1)
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q5_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def matvec_q6_k(w, x, y):
     rows, rb = w.shape
-    nsb = x.size // QKK
-    xq, xd, xs = _prologue(x)
+    nsb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
-    for g in prange((rows + G - 1) // G):
-        r0 = g * G
-        o0 = r0 * rb
-        o1 = min(r0 + 1, rows - 1) * rb
-        o2 = min(r0 + 2, rows - 1) * rb
-        o3 = min(r0 + 3, rows - 1) * rb
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        a2 = np.float32(0.0)
-        a3 = np.float32(0.0)
-        for sb in range(nsb):
-            bo = sb * 210
-            a0 += _sb_q6_k(wf, o0 + bo, xq, xd, xs, sb)
-            a1 += _sb_q6_k(wf, o1 + bo, xq, xd, xs, sb)
-            a2 += _sb_q6_k(wf, o2 + bo, xq, xd, xs, sb)
-            a3 += _sb_q6_k(wf, o3 + bo, xq, xd, xs, sb)
-        y[r0] = a0
-        if r0 + 1 < rows:
-            y[r0 + 1] = a1
-        if r0 + 2 < rows:
-            y[r0 + 2] = a2
-        if r0 + 3 < rows:
-            y[r0 + 3] = a3
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q6_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_q6_k_vnni(w, x, y):
+    rows, rb = w.shape
+    nsb, xq, xd, xp, xs = _act(x)
+    wf = w.reshape(-1)
+    for g in prange((rows + NR - 1) // NR):
+        _put(y, g * NR, rows, rows_q6_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 # ---------------------------------------------------------------------------------------
@@ -459,7 +341,10 @@ def dequant_q2_k(w, r0, r1, out):
             _store(q, mn, d, m, out, i, sb * QKK)
 
 
-MATVEC = {"Q2_K": matvec_q2_k, "Q3_K": matvec_q3_k, "Q4_K": matvec_q4_k,
-          "Q5_K": matvec_q5_k, "Q6_K": matvec_q6_k}
+MATVEC_GENERIC = {"Q2_K": matvec_q2_k, "Q3_K": matvec_q3_k, "Q4_K": matvec_q4_k,
+                  "Q5_K": matvec_q5_k, "Q6_K": matvec_q6_k}
+MATVEC_VNNI = {"Q2_K": matvec_q2_k_vnni, "Q3_K": matvec_q3_k_vnni, "Q4_K": matvec_q4_k_vnni,
+               "Q5_K": matvec_q5_k_vnni, "Q6_K": matvec_q6_k_vnni}
+MATVEC = MATVEC_VNNI if HAS_VNNI else MATVEC_GENERIC
 DEQUANT = {"Q2_K": dequant_q2_k, "Q3_K": dequant_q3_k, "Q4_K": dequant_q4_k,
            "Q5_K": dequant_q5_k, "Q6_K": dequant_q6_k}

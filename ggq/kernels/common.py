@@ -507,7 +507,7 @@ def _krows_intrinsic(kind, vnni):
                 builder.module, ir.FunctionType(v8i32, [v8i32, v8i32, v8i32]), "llvm.x86.avx512.vpdpbusd.256")
 
         def decode(o):
-            """-> d, dmin (or None), mins as <nmin x float> (or None), [(codes <32 x u8>, scale <8 x i32>)] * 8"""
+            """-> d, dmin (or None), mins as <nmin x float> (or None), [(codes <32 x u8>, scales <8 x i32>)] * 8"""
             def ld(off, n):
                 return vload(wp, builder.add(o, k(off)), ir.VectorType(i8, n), 1)
 
@@ -530,13 +530,18 @@ def _krows_intrinsic(kind, vnni):
             dmin = mf = None
             if kind in ("q4_k", "q5_k"):
                 d, dmin = f16at(0), f16at(2)
-                u0, u1, u2 = ld32(4), ld32(8), ld32(12)
-                m1, m2, m3 = c32(0x3F3F3F3F), c32(0x0F0F0F0F), c32(0x03030303)
-                t3 = builder.or_(builder.and_(builder.lshr(u2, c32(4)), m2),
-                                 builder.shl(builder.and_(builder.lshr(u1, c32(6)), m3), c32(4)))
-                t1 = builder.or_(builder.and_(u2, m2),
-                                 builder.shl(builder.and_(builder.lshr(u0, c32(6)), m3), c32(4)))
-                sm = builder.zext(words16([builder.and_(u0, m1), t1, builder.and_(u1, m1), t3]),
+                # bytes 4..19 of the block (scales, then 4 code bytes): u0, u1, u2, -
+                u = vload(wp, builder.add(o, k(4)), ir.VectorType(i32, 4), 1)
+                a = shuf(u, [0, 2, 1, 2])
+                b = shuf(u, [0, 0, 1, 1])
+                v4 = ir.VectorType(i32, 4)
+                m1, m2, m3 = 0x3F3F3F3F, 0x0F0F0F0F, 0x03030303
+                # [u0 & m1, u2 & m2 | ((u0>>6)&m3)<<4, u1 & m1, (u2>>4) & m2 | ((u1>>6)&m3)<<4]
+                lo = builder.and_(builder.lshr(a, ir.Constant(v4, [0, 0, 0, 4])),
+                                  ir.Constant(v4, [m1, m2, m1, m2]))
+                hi = builder.shl(builder.and_(builder.lshr(b, ir.Constant(v4, [6] * 4)),
+                                              ir.Constant(v4, [0, m3, 0, m3])), ir.Constant(v4, [4] * 4))
+                sm = builder.zext(builder.bitcast(builder.or_(lo, hi), ir.VectorType(i8, 16)),
                                   ir.VectorType(i32, 16))  # scales 0..7, mins 0..7
                 mf = builder.uitofp(shuf(sm, list(range(8, 16))), vmf)
                 qh = ld(16, 32) if kind == "q5_k" else None
@@ -610,13 +615,13 @@ def _krows_intrinsic(kind, vnni):
                 else:
                     xin.append((builder.sext(xv, ir.VectorType(i32, 32)), None))
             xdv = vload(xdp, c0, v8f, 4)
+            xdb = [shuf(xdv, [c] * 8) for c in range(8)]
             if mins:
                 xsv = vload(xsp, builder.mul(s, k(nmin)), vmf, 4)
             bo = builder.mul(s, k(bs))
             for r in range(NR):
                 d, dmin, mf, chunks = decode(builder.add(offs[r], bo))
-                ddv = builder.fmul(splat(d, 8), xdv)
-                acc = builder.load(accs[r])
+                acc = None  # sum_c float(lanes_c) * xd[c], then times d
                 for c, (q, scv) in enumerate(chunks):
                     xa, init = xin[c]
                     if vnni:
@@ -629,11 +634,10 @@ def _krows_intrinsic(kind, vnni):
                         m = builder.mul(builder.sext(q16, ir.VectorType(i32, 32)), xa)
                         t = builder.add(shuf(m, list(range(0, 32, 2))), shuf(m, list(range(1, 32, 2))))
                         dot = builder.add(shuf(t, list(range(0, 16, 2))), shuf(t, list(range(1, 16, 2))))
-                    dot = builder.mul(dot, scv)
-                    dd = shuf(ddv, [c] * 8)
-                    acc = builder.fadd(acc, builder.fmul(builder.sitofp(dot, v8f), dd, flags=contract),
-                                       flags=contract)
-                builder.store(acc, accs[r])
+                    t = builder.fmul(builder.sitofp(builder.mul(dot, scv), v8f), xdb[c], flags=contract)
+                    acc = t if acc is None else builder.fadd(acc, t, flags=contract)
+                builder.store(builder.fadd(builder.load(accs[r]), builder.fmul(acc, splat(d, 8), flags=contract),
+                                           flags=contract), accs[r])
                 if mins:
                     mm = builder.fmul(builder.fmul(mf, xsv), splat(dmin, nmin), flags=contract)
                     builder.store(builder.fadd(builder.load(maccs[r]), mm, flags=contract), maccs[r])
@@ -658,7 +662,7 @@ def _krows_intrinsic(kind, vnni):
 
 # rows_<k-type>[_vnni](w_flat, r0, rows, row_bytes, nsuperblocks, xq, xd, xp, xs) -> NR float32,
 # activations from quantize_act8; xs: float sums per 32 (Q4_K, Q5_K), per 16 (Q2_K), unused
-# (Q3_K, Q6_K).
+# (Q3_K, Q6_K); xp: quantize_act8's sums of 4, read by the _vnni flavour of Q3_K, Q6_K.
 rows_q2_k, rows_q2_k_vnni = _krows_intrinsic("q2_k", False), _krows_intrinsic("q2_k", True)
 rows_q3_k, rows_q3_k_vnni = _krows_intrinsic("q3_k", False), _krows_intrinsic("q3_k", True)
 rows_q4_k, rows_q4_k_vnni = _krows_intrinsic("q4_k", False), _krows_intrinsic("q4_k", True)

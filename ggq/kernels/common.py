@@ -1,6 +1,6 @@
 """Shared pieces of the Numba kernels: fp16/bf16 scalar decode, activation quantization,
-integer dot products written as LLVM vector IR (dot_k for the k-quants) and the row
-intrinsics of the legacy-block matvec (rows_*, AVX512-VNNI and generic flavours).
+and the row intrinsics of the matvec kernels written as LLVM vector IR (rows_* for the legacy
+blocks, krows for the k-quants; AVX512-VNNI and generic flavours).
 
 Why the intrinsics: Numba promotes integer arithmetic to int64, so a plain loop of int8 x
 int16 products becomes 32-bit multiplies (vpmulld) that leave the kernel arithmetic-bound.
@@ -98,7 +98,7 @@ def _arr_ptr(context, builder, aryty, ary, off):
 
 
 @njit(inline="always")
-def quantize_act(x, xq, xd, xs):
+def quantize_act(x, xq, xd, xs):  # the scalar reference quantize_act8 is tested against
     """x float32 (cols) -> xq int16 in [-127, 127], xd scale per 32, xs exact float sum per 16
     (xs serves the min/offset terms, so those stay in float)."""
     nb = x.size // QK
@@ -124,91 +124,18 @@ def quantize_act(x, xq, xd, xs):
 
 
 # ---------------------------------------------------------------------------------------
-# decode-and-dot intrinsics: the bit extraction happens in vector registers (a scratch
-# buffer would cost a store-forwarding stall per block). Scalar arguments are constants or
-# loop-invariant at the call sites, so LLVM folds the splats.
+# IR helpers of the row intrinsics below: bit extraction happens in vector registers (a
+# scratch buffer would cost a store-forwarding stall per block); splatted scalars are
+# loop-invariant, so LLVM folds them.
 
 def _splat(builder, val, ty, n):
     v = builder.insert_element(ir.Constant(ir.VectorType(ty, n), ir.Undefined), val, ir.Constant(ir.IntType(32), 0))
     return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
 
 
-def _load_u8(context, builder, aty, ary, off, n):
-    p = _arr_ptr(context, builder, aty, ary, off)
-    v = builder.load(builder.bitcast(p, ir.VectorType(ir.IntType(8), n).as_pointer()), align=1)
-    return builder.zext(v, ir.VectorType(ir.IntType(16), n))
-
-
-def _int_dot(context, builder, v16, xty, xa, xoff):
-    """sum over 32 lanes of v16 (<32 x i16>) * xq[xoff:xoff+32] (int16) as i32."""
-    i32 = ir.IntType(32)
-    px = _arr_ptr(context, builder, xty, xa, xoff)
-    lx = builder.load(builder.bitcast(px, ir.VectorType(ir.IntType(16), 32).as_pointer()), align=2)
-    v32 = ir.VectorType(i32, 32)
-    m = builder.mul(builder.sext(v16, v32), builder.sext(lx, v32))
-    idx = ir.VectorType(i32, 16)
-    s = builder.add(builder.shuffle_vector(m, m, ir.Constant(idx, [2 * i for i in range(16)])),
-                    builder.shuffle_vector(m, m, ir.Constant(idx, [2 * i + 1 for i in range(16)])))
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [ir.VectorType(i32, 16)]),
-                                        "llvm.vector.reduce.add.v16i32")
-    return builder.call(fn, [s])
-
-
 def _ok(*arrs):
     return all(isinstance(a, types.Array) for a in arrs)
 
-
-@intrinsic
-def dot_k(typingctx, wa, aoff, sa, ma, boff, sb, mb, shb, bias, s_lo, s_hi, xa, xoff):
-    """k-quant 32-element chunk: q_l = ((w[aoff+l] >> sa) & ma) | (((w[boff+l] >> sb) & mb) << shb)
-    - bias; returns sum_l s(l) * q_l * xq[xoff+l], s = s_lo for l < 16 else s_hi (int32)."""
-    if not _ok(wa, xa):
-        return None
-    ip = types.intp
-    sig = types.int32(wa, ip, ip, ip, ip, ip, ip, ip, ip, types.int32, types.int32, xa, ip)
-
-    def codegen(context, builder, signature, args):
-        wty = signature.args[0]
-        xty = signature.args[11]
-        w, ao, sa_, ma_, bo, sb_, mb_, shb_, bias_, slo, shi, x, xo = args
-        i16 = ir.IntType(16)
-        i32 = ir.IntType(32)
-        n = 32
-
-        def sp(v):
-            return _splat(builder, builder.trunc(v, i16), i16, n)
-
-        a = _load_u8(context, builder, wty, w, ao, n)
-        q = builder.and_(builder.lshr(a, sp(sa_)), sp(ma_))
-        b = _load_u8(context, builder, wty, w, bo, n)
-        hb = builder.shl(builder.and_(builder.lshr(b, sp(sb_)), sp(mb_)), sp(shb_))
-        q = builder.sub(builder.or_(q, hb), sp(bias_))
-        # |q * scale| <= 32 * 128 fits int16: scale in i16 lanes (vpmullw), then pmaddwd
-        lo = _splat(builder, builder.trunc(slo, i16), i16, 16)
-        hi = _splat(builder, builder.trunc(shi, i16), i16, 16)
-        scale = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, 32), list(range(32))))
-        return _int_dot(context, builder, builder.mul(q, scale), xty, x, xo)
-
-    return sig, codegen
-
-
-
-
-# ---------------------------------------------------------------------------------------
-# Legacy-block (Q4_0 .. Q8_0) matvec: one intrinsic call walks all blocks of NR rows.
-# - No horizontal sum per block: the block's integer dot stays in 8 int32 lanes (lane j =
-#   elements 4j..4j+3), is converted to float and multiplied by d_w * d_x into a per-row
-#   <8 x float> accumulator; each row is reduced once at the end.
-# - Two flavours give the same int32 lanes, hence bit-identical results:
-#   vnni: vpdpbusd (unsigned x signed bytes, 4 products per lane). Weights are made
-#     unsigned (Q8_0: w ^ 0x80 = w + 128; nibble codes are 0..31 already) and the lane
-#     starts at -bias * (sum of its 4 activations), xp from quantize_act8: exact for every
-#     byte value, -128 included.
-#   generic: sext to i16, products in i32, adjacent pairs added twice (pmaddwd + a pair
-#     add on x86): any target LLVM supports.
-# - Software prefetch PREFETCH bytes ahead in the rows' linear byte stream: the NR rows of a
-#   group are one contiguous span walked block by block, which the hardware prefetchers
-#   follow poorly (measured: 6 -> 20+ GB/s per core from DRAM on Zen 4).
 
 def _host_has_vnni() -> bool:
     try:

@@ -6,7 +6,14 @@ Kernels compile lazily (first use of a type) and are cached on disk by Numba.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from . import floats, kquants, legacy  # noqa: E402
+from ..jit_cache import guard
+
+# the matvec kernels inline common.py's intrinsics: Numba alone would not see an edit there
+guard([floats, legacy, kquants], [Path(m.__file__) for m in (floats, legacy, kquants)]
+      + [Path(__file__).with_name("common.py")], "kernels")
 
 MATVEC = {**floats.MATVEC, **legacy.MATVEC, **kquants.MATVEC}
 DEQUANT = {**floats.DEQUANT, **legacy.DEQUANT, **kquants.DEQUANT}

@@ -7,8 +7,8 @@ int16 products becomes 32-bit multiplies (vpmulld) that leave the kernel arithme
 Emitting sext + mul + even/odd add + reduce directly lets LLVM pick pmaddwd on x86 (and the
 equivalent on other targets); the IR is target-neutral.
 
-Numba's on-disk cache keys a kernel on its own source file only: after editing this file,
-delete ggq/kernels/__pycache__/*.nbi/*.nbc, or kernels in legacy.py/kquants.py stay stale.
+Numba's on-disk cache keys a kernel on its own source file only; ggq.kernels calls
+ggq.jit_cache.guard so that an edit here clears the cached kernels that inline this file.
 """
 from __future__ import annotations
 

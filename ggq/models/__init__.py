@@ -22,7 +22,19 @@ def model_class(arch: str, source: str = "model"):
         raise ModelError(f"{source}: architecture {arch!r} is not supported "
                          f"(supported: {', '.join(ARCHITECTURES)})")
     module, name = ARCHITECTURES[arch]
-    return getattr(importlib.import_module(module), name)
+    mod = importlib.import_module(module)
+    _guard_cache(mod)
+    return getattr(mod, name)
+
+
+def _guard_cache(mod) -> None:
+    """An architecture's kernels inline base.py's (Numba would not see an edit there alone)."""
+    from pathlib import Path
+
+    from ..jit_cache import guard
+    from . import base
+
+    guard([mod], [Path(mod.__file__), Path(base.__file__)], mod.__name__.rsplit(".", 1)[-1])
 
 
 def build_model(reader, n_ctx: int | None = None, source: str = "model", use_mmap: bool = True):

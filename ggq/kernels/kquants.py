@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .common import (HAS_VNNI, NR, QK, f16, quantize_act8, rows_q2_k, rows_q2_k_vnni, rows_q3_k,
+from .common import (HAS_VNNI, NR, act8, f16, put_rows, rows_q2_k, rows_q2_k_vnni, rows_q3_k,
                      rows_q3_k_vnni, rows_q4_k, rows_q4_k_vnni, rows_q5_k, rows_q5_k_vnni, rows_q6_k,
                      rows_q6_k_vnni)
 
@@ -147,12 +147,7 @@ def _dec_q2_k(w, o, q, qo, mn, mo):
 
 @njit(inline="always")
 def _act(x):
-    nb = x.size // QK
-    xq = np.empty(x.size, np.int8)
-    xd = np.empty(nb, np.float32)
-    xp = np.empty(8 * nb, np.int32)
-    xs = np.empty(nb, np.float32)
-    quantize_act8(x, xq, xd, xp, xs)
+    xq, xd, xp, xs = act8(x)
     return x.size // QKK, xq, xd, xp, xs
 
 
@@ -169,13 +164,6 @@ def _act16(x):
     return nsb, xq, xd, xp, xs
 
 
-@njit(inline="always")
-def _put(y, r0, rows, t):
-    for r in range(NR):
-        if r0 + r < rows:
-            y[r0 + r] = t[r]
-
-
 # ---------------------------------------------------------------------------------------
 # matvec kernels: w uint8 (rows, row_bytes), x float32 (cols,), y float32 (rows,).
 # One common.rows_* call per NR rows (the last group's extra rows are clamped to rows-1,
@@ -189,7 +177,7 @@ def matvec_q2_k(w, x, y):
     nsb, xq, xd, xp, xs = _act16(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q2_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q2_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -198,7 +186,7 @@ def matvec_q2_k_vnni(w, x, y):
     nsb, xq, xd, xp, xs = _act16(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q2_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q2_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -207,7 +195,7 @@ def matvec_q3_k(w, x, y):
     nsb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q3_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q3_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -216,7 +204,7 @@ def matvec_q3_k_vnni(w, x, y):
     nsb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q3_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q3_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -225,7 +213,7 @@ def matvec_q4_k(w, x, y):
     nsb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q4_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q4_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -234,7 +222,7 @@ def matvec_q4_k_vnni(w, x, y):
     nsb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q4_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q4_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -243,7 +231,7 @@ def matvec_q5_k(w, x, y):
     nsb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q5_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q5_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -252,7 +240,7 @@ def matvec_q5_k_vnni(w, x, y):
     nsb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q5_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q5_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -261,7 +249,7 @@ def matvec_q6_k(w, x, y):
     nsb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q6_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q6_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -270,7 +258,7 @@ def matvec_q6_k_vnni(w, x, y):
     nsb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q6_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q6_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
 # ---------------------------------------------------------------------------------------

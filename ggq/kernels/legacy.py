@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .common import (HAS_VNNI, NR, QK, f16, quantize_act8, rows_q4_0, rows_q4_0_vnni, rows_q4_1,
+from .common import (HAS_VNNI, NR, QK, act8, f16, put_rows, rows_q4_0, rows_q4_0_vnni, rows_q4_1,
                      rows_q4_1_vnni, rows_q5_0, rows_q5_0_vnni, rows_q5_1, rows_q5_1_vnni, rows_q8_0,
                      rows_q8_0_vnni)
 
@@ -25,20 +25,8 @@ def _qh32(w, o):
 
 @njit(inline="always")
 def _act(x):
-    nb = x.size // QK
-    xq = np.empty(x.size, np.int8)
-    xd = np.empty(nb, np.float32)
-    xp = np.empty(8 * nb, np.int32)
-    xs = np.empty(nb, np.float32)
-    quantize_act8(x, xq, xd, xp, xs)
-    return nb, xq, xd, xp, xs
-
-
-@njit(inline="always")
-def _put(y, r0, rows, t):
-    for r in range(NR):
-        if r0 + r < rows:
-            y[r0 + r] = t[r]
+    xq, xd, xp, xs = act8(x)
+    return x.size // QK, xq, xd, xp, xs
 
 
 # ---------------------------------------------------------------------------------------
@@ -53,7 +41,7 @@ def matvec_q8_0(w, x, y):
     nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q8_0(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q8_0(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -62,7 +50,7 @@ def matvec_q8_0_vnni(w, x, y):
     nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q8_0_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q8_0_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -71,7 +59,7 @@ def matvec_q4_0(w, x, y):
     nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q4_0(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q4_0(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -80,7 +68,7 @@ def matvec_q4_0_vnni(w, x, y):
     nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q4_0_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q4_0_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -89,7 +77,7 @@ def matvec_q4_1(w, x, y):
     nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q4_1(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q4_1(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -98,7 +86,7 @@ def matvec_q4_1_vnni(w, x, y):
     nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q4_1_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q4_1_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -107,7 +95,7 @@ def matvec_q5_0(w, x, y):
     nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q5_0(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q5_0(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -116,7 +104,7 @@ def matvec_q5_0_vnni(w, x, y):
     nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q5_0_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q5_0_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -125,7 +113,7 @@ def matvec_q5_1(w, x, y):
     nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q5_1(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q5_1(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -134,7 +122,7 @@ def matvec_q5_1_vnni(w, x, y):
     nb, xq, xd, xp, xs = _act(x)
     wf = w.reshape(-1)
     for g in prange((rows + NR - 1) // NR):
-        _put(y, g * NR, rows, rows_q5_1_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
+        put_rows(y, g * NR, rows, rows_q5_1_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
 # ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import ModelError, UsageError
-from ..runtime.blas import blas_get_threads, blas_set_threads
+from ..runtime.blas import blas_set_threads
 from ..runtime.linear import embedding_rows, linear
 
 

@@ -1,10 +1,14 @@
 """Weight matmul dispatch: y = x @ W.T with W quantized (never dequantized whole).
 
-- n == 1 (decode): one fused matvec kernel call (ggq.kernels.MATVEC). For the block types
-  the activation vector is quantized to int8 per 32 (as llama.cpp does), which costs a
-  relative error of roughly 1e-2 of the output scale; pass exact=True for float math.
-- n > 1 (prompt, perplexity): tiles of rows are dequantized into a reused float32 buffer
-  and multiplied with BLAS (x @ tile.T written into the output columns).
+- Block types (Q4_0 .. Q6_K), the default: activations quantized to int8 per 32 (as llama.cpp
+  does), which costs a relative error of roughly 1e-2 of the output scale.
+  n == 1 (decode): one fused matvec kernel call (ggq.kernels.MATVEC);
+  2 <= n <= MATVEC_ROWS_MAX: that kernel once per row (same numbers as the GEMM, and no
+  GEMM kernel to compile for a short prompt);
+  larger n (prompt, perplexity): the int8 GEMM of ggq.kernels.gemm.
+- exact=True, and F32/F16/BF16 weights: float math. n == 1: the float matvec for the float
+  types; otherwise tiles of rows are dequantized into a reused float32 buffer and multiplied
+  with BLAS (x @ tile.T written into the output columns).
 """
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ import numpy as np
 from ..errors import QuantError
 from ..kernels import BLOCK, DEQUANT, MATVEC
 from ..kernels.floats import VIEW
+from ..kernels.gemm import GEMM, Activations, gemm
 
+MATVEC_ROWS_MAX = 4  # up to this many rows: the matvec kernel per row beats packing for the GEMM
 TILE_FLOATS = 1 << 17  # tile size in floats (512 KiB: stays in L2 while BLAS reads it)
 
 _local = threading.local()
@@ -92,10 +98,13 @@ def linear(qtype, w: np.ndarray, cols: int, x: np.ndarray, out: np.ndarray | Non
 
     if name == "F32":
         np.matmul(x, w.T, out=out)
-    elif n == 1 and not exact and out.flags.c_contiguous:
-        MATVEC[name](w, x[0], out[0])
-    else:
+    elif exact and name in GEMM or n > 1 and name not in GEMM:
         _tiled(name, w, cols, x, out)
+    elif n <= MATVEC_ROWS_MAX and out.flags.c_contiguous:
+        for i in range(n):
+            MATVEC[name](w, x[i], out[i])
+    else:
+        out[...] = gemm(name, w, Activations(x))[:n, :rows]
     return out
 
 

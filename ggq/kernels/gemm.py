@@ -44,7 +44,9 @@ NT = 8      # activation rows per tile call
 # ---------------------------------------------------------------------------------------
 # activations
 
-@njit(cache=True)
+# reassociation lets the max and the sums vectorize; xq and xd do not depend on the order (the
+# max is exact) and stay those of quantize_act8 (no reciprocal approximations: no "arcp")
+@njit(cache=True, fastmath={"reassoc", "nsz", "nnan", "ninf"})
 def quantize_rows(x, xq, xd, xs16, xs32, xb16, xb32):
     """x float32 (n, cols) -> xq int8 (n, cols) per 32: round(x / d), d = absmax / 127
     (common.quantize_act8's values), xd = d; xs16/xs32: float sums of x per 16 / 32 (the 32
@@ -71,14 +73,14 @@ def quantize_rows(x, xq, xd, xs16, xs32, xb16, xb32):
             d = amax / np.float32(127.0)
             xd[i, b] = d
             inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
-            t0 = 0
-            t1 = 0
-            for k in range(16):
-                q = np.int8(np.round(x[i, o + k] * inv))
+            t0 = np.int32(0)
+            t1 = np.int32(0)
+            for k in range(16):  # rint: round half to even, as np.round
+                q = np.int32(np.rint(x[i, o + k] * inv))
                 xq[i, o + k] = q
                 t0 += q
             for k in range(16, 32):
-                q = np.int8(np.round(x[i, o + k] * inv))
+                q = np.int32(np.rint(x[i, o + k] * inv))
                 xq[i, o + k] = q
                 t1 += q
             xb16[i, 2 * b] = t0
@@ -200,10 +202,31 @@ tile32, tile32m, tile16, tile16m = (_tile_intrinsic(32, False), _tile_intrinsic(
 M4 = np.uint32(0x0F0F0F0F)
 
 
+@intrinsic
+def _load_u32(typingctx, w, o):
+    """4 bytes of a 1-D uint8 array at byte offset o, little-endian, as one unaligned load"""
+    if not (isinstance(w, types.Array) and w.dtype == types.uint8 and isinstance(o, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        i32 = ir.IntType(32)
+        v = builder.load(builder.bitcast(builder.gep(a.data, [args[1]]), i32.as_pointer()), align=1)
+        if not _LITTLE_ENDIAN:
+            v = builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [i32]),
+                                                            "llvm.bswap.i32"), [v])
+        return v
+
+    return types.uint32(w, types.intp), codegen
+
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
 @njit(inline="always")
 def _u32(w, r, o):
-    return (np.uint32(w[r, o]) | (np.uint32(w[r, o + 1]) << np.uint32(8))
-            | (np.uint32(w[r, o + 2]) << np.uint32(16)) | (np.uint32(w[r, o + 3]) << np.uint32(24)))
+    # w: the flat (C-contiguous) weights, r: the row's first byte
+    return _load_u32(w, r + o)
 
 
 @njit(inline="always")
@@ -229,17 +252,17 @@ def _clear(codes, dsc, msc, r):
 
 
 @njit(inline="always")
-def _pack_legacy(w, r0, rows, codes, dsc, msc, bs, doff, moff, qhoff, qsoff, signed):
+def _pack_legacy(w, rb, r0, rows, codes, dsc, msc, bs, doff, moff, qhoff, qsoff, signed):
     nb = dsc.size // GROUP
     for r in range(GROUP):
-        row = r0 + r
-        if row >= rows:
+        if r0 + r >= rows:
             _clear(codes, dsc, msc, r)
             continue
+        row = (r0 + r) * rb
         for b in range(nb):
             o = b * bs
-            dsc[b * GROUP + r] = f16(w[row, o + doff], w[row, o + doff + 1])
-            msc[b * GROUP + r] = f16(w[row, o + moff], w[row, o + moff + 1]) if moff >= 0 else np.float32(0.0)
+            dsc[b * GROUP + r] = f16(w[row + o + doff], w[row + o + doff + 1])
+            msc[b * GROUP + r] = f16(w[row + o + moff], w[row + o + moff + 1]) if moff >= 0 else np.float32(0.0)
             if signed:  # Q8_0: int8 codes + 128 as unsigned bytes
                 for q in range(8):
                     _put(codes, b, q, 8, r, _u32(w, row, o + qsoff + 4 * q) ^ np.uint32(0x80808080))
@@ -260,25 +283,25 @@ def _pack_legacy(w, r0, rows, codes, dsc, msc, bs, doff, moff, qhoff, qsoff, sig
 def _scale_min_k4(w, row, o, j):
     # get_scale_min_k4 of ggml-quants.c: 6-bit scale and min of sub-block j from 12 bytes at o
     if j < 4:
-        return np.float32(w[row, o + j] & 63), np.float32(w[row, o + j + 4] & 63)
-    sc = (w[row, o + j + 4] & 15) | ((w[row, o + j - 4] >> 6) << 4)
-    mn = (w[row, o + j + 4] >> 4) | ((w[row, o + j] >> 6) << 4)
+        return np.float32(w[row + o + j] & 63), np.float32(w[row + o + j + 4] & 63)
+    sc = (w[row + o + j + 4] & 15) | ((w[row + o + j - 4] >> 6) << 4)
+    mn = (w[row + o + j + 4] >> 4) | ((w[row + o + j] >> 6) << 4)
     return np.float32(sc), np.float32(mn)
 
 
 @njit(inline="always")
-def _pack_q45_k(w, r0, rows, codes, dsc, msc, bs, five):
+def _pack_q45_k(w, rb, r0, rows, codes, dsc, msc, bs, five):
     nsb = dsc.size // (8 * GROUP)
     qs = 48 if five else 16
     for r in range(GROUP):
-        row = r0 + r
-        if row >= rows:
+        if r0 + r >= rows:
             _clear(codes, dsc, msc, r)
             continue
+        row = (r0 + r) * rb
         for s in range(nsb):
             o = s * bs
-            d = f16(w[row, o], w[row, o + 1])
-            dmin = f16(w[row, o + 2], w[row, o + 3])
+            d = f16(w[row + o], w[row + o + 1])
+            dmin = f16(w[row + o + 2], w[row + o + 3])
             for j in range(8):
                 sc, mn = _scale_min_k4(w, row, o + 4, j)
                 dsc[(8 * s + j) * GROUP + r] = d * sc
@@ -297,18 +320,18 @@ def _pack_q45_k(w, r0, rows, codes, dsc, msc, bs, five):
 
 
 @njit(inline="always")
-def _pack_q6_k(w, r0, rows, codes, dsc, msc):
+def _pack_q6_k(w, rb, r0, rows, codes, dsc, msc):
     nsb = dsc.size // (16 * GROUP)
     for r in range(GROUP):
-        row = r0 + r
-        if row >= rows:
+        if r0 + r >= rows:
             _clear(codes, dsc, msc, r)
             continue
+        row = (r0 + r) * rb
         for s in range(nsb):
             o = s * 210
-            d = f16(w[row, o + 208], w[row, o + 209])
+            d = f16(w[row + o + 208], w[row + o + 209])
             for j in range(16):
-                dsc[(16 * s + j) * GROUP + r] = d * np.float32(np.int8(w[row, o + 192 + j]))
+                dsc[(16 * s + j) * GROUP + r] = d * np.float32(np.int8(w[row + o + 192 + j]))
                 msc[(16 * s + j) * GROUP + r] = 0.0
             for n in range(2):  # halves of 128: 4 groups of 32 = 8 blocks of 16
                 for q in range(8):  # l = 4q .. 4q+3 of 0..31
@@ -325,17 +348,17 @@ def _pack_q6_k(w, r0, rows, codes, dsc, msc):
 
 
 @njit(inline="always")
-def _pack_q3_k(w, r0, rows, codes, dsc, msc):
+def _pack_q3_k(w, rb, r0, rows, codes, dsc, msc):
     nsb = dsc.size // (16 * GROUP)
     k1, k2 = np.uint32(0x03030303), np.uint32(0x0F0F0F0F)
     for r in range(GROUP):
-        row = r0 + r
-        if row >= rows:
+        if r0 + r >= rows:
             _clear(codes, dsc, msc, r)
             continue
+        row = (r0 + r) * rb
         for s in range(nsb):
             o = s * 110
-            d = f16(w[row, o + 108], w[row, o + 109])
+            d = f16(w[row + o + 108], w[row + o + 109])
             a0, a1, tmp = _u32(w, row, o + 96), _u32(w, row, o + 100), _u32(w, row, o + 104)
             aux = ((a0 & k2) | ((tmp & k1) << np.uint32(4)),
                    (a1 & k2) | (((tmp >> np.uint32(2)) & k1) << np.uint32(4)),
@@ -354,20 +377,20 @@ def _pack_q3_k(w, r0, rows, codes, dsc, msc):
 
 
 @njit(inline="always")
-def _pack_q2_k(w, r0, rows, codes, dsc, msc):
+def _pack_q2_k(w, rb, r0, rows, codes, dsc, msc):
     nsb = dsc.size // (16 * GROUP)
     k1 = np.uint32(0x03030303)
     for r in range(GROUP):
-        row = r0 + r
-        if row >= rows:
+        if r0 + r >= rows:
             _clear(codes, dsc, msc, r)
             continue
+        row = (r0 + r) * rb
         for s in range(nsb):
             o = s * 84
-            d = f16(w[row, o + 80], w[row, o + 81])
-            dmin = f16(w[row, o + 82], w[row, o + 83])
+            d = f16(w[row + o + 80], w[row + o + 81])
+            dmin = f16(w[row + o + 82], w[row + o + 83])
             for j in range(16):
-                sc = w[row, o + j]
+                sc = w[row + o + j]
                 dsc[(16 * s + j) * GROUP + r] = d * np.float32(sc & 15)
                 msc[(16 * s + j) * GROUP + r] = -(dmin * np.float32(sc >> 4))
             for n in range(2):
@@ -394,8 +417,9 @@ def _scratch(nblk, B):
 def gemm_q8_0(w, g0, g1, xq, xd, xs, xb, out, flavour):
     nblk = xq.shape[1] // 32
     codes, dsc, msc = _scratch(nblk, 32)
+    wf = w.reshape(-1)
     for g in range(g0, g1):
-        _pack_legacy(w, g * GROUP, w.shape[0], codes, dsc, msc, 34, 0, -1, -1, 2, True)
+        _pack_legacy(wf, w.shape[1], g * GROUP, w.shape[0], codes, dsc, msc, 34, 0, -1, -1, 2, True)
         for t0 in range(0, xq.shape[0], NT):
             tile32(codes, dsc, msc, nblk, 128, xq, xd, xs, xb, t0, out, g * GROUP, flavour)
 
@@ -404,8 +428,9 @@ def gemm_q8_0(w, g0, g1, xq, xd, xs, xb, out, flavour):
 def gemm_q4_0(w, g0, g1, xq, xd, xs, xb, out, flavour):
     nblk = xq.shape[1] // 32
     codes, dsc, msc = _scratch(nblk, 32)
+    wf = w.reshape(-1)
     for g in range(g0, g1):
-        _pack_legacy(w, g * GROUP, w.shape[0], codes, dsc, msc, 18, 0, -1, -1, 2, False)
+        _pack_legacy(wf, w.shape[1], g * GROUP, w.shape[0], codes, dsc, msc, 18, 0, -1, -1, 2, False)
         for t0 in range(0, xq.shape[0], NT):
             tile32(codes, dsc, msc, nblk, 8, xq, xd, xs, xb, t0, out, g * GROUP, flavour)
 
@@ -414,8 +439,9 @@ def gemm_q4_0(w, g0, g1, xq, xd, xs, xb, out, flavour):
 def gemm_q4_1(w, g0, g1, xq, xd, xs, xb, out, flavour):
     nblk = xq.shape[1] // 32
     codes, dsc, msc = _scratch(nblk, 32)
+    wf = w.reshape(-1)
     for g in range(g0, g1):
-        _pack_legacy(w, g * GROUP, w.shape[0], codes, dsc, msc, 20, 0, 2, -1, 4, False)
+        _pack_legacy(wf, w.shape[1], g * GROUP, w.shape[0], codes, dsc, msc, 20, 0, 2, -1, 4, False)
         for t0 in range(0, xq.shape[0], NT):
             tile32m(codes, dsc, msc, nblk, 0, xq, xd, xs, xb, t0, out, g * GROUP, flavour)
 
@@ -424,8 +450,9 @@ def gemm_q4_1(w, g0, g1, xq, xd, xs, xb, out, flavour):
 def gemm_q5_0(w, g0, g1, xq, xd, xs, xb, out, flavour):
     nblk = xq.shape[1] // 32
     codes, dsc, msc = _scratch(nblk, 32)
+    wf = w.reshape(-1)
     for g in range(g0, g1):
-        _pack_legacy(w, g * GROUP, w.shape[0], codes, dsc, msc, 22, 0, -1, 2, 6, False)
+        _pack_legacy(wf, w.shape[1], g * GROUP, w.shape[0], codes, dsc, msc, 22, 0, -1, 2, 6, False)
         for t0 in range(0, xq.shape[0], NT):
             tile32(codes, dsc, msc, nblk, 16, xq, xd, xs, xb, t0, out, g * GROUP, flavour)
 
@@ -434,8 +461,9 @@ def gemm_q5_0(w, g0, g1, xq, xd, xs, xb, out, flavour):
 def gemm_q5_1(w, g0, g1, xq, xd, xs, xb, out, flavour):
     nblk = xq.shape[1] // 32
     codes, dsc, msc = _scratch(nblk, 32)
+    wf = w.reshape(-1)
     for g in range(g0, g1):
-        _pack_legacy(w, g * GROUP, w.shape[0], codes, dsc, msc, 24, 0, 2, 4, 8, False)
+        _pack_legacy(wf, w.shape[1], g * GROUP, w.shape[0], codes, dsc, msc, 24, 0, 2, 4, 8, False)
         for t0 in range(0, xq.shape[0], NT):
             tile32m(codes, dsc, msc, nblk, 0, xq, xd, xs, xb, t0, out, g * GROUP, flavour)
 
@@ -444,8 +472,9 @@ def gemm_q5_1(w, g0, g1, xq, xd, xs, xb, out, flavour):
 def gemm_q4_k(w, g0, g1, xq, xd, xs, xb, out, flavour):
     nblk = xq.shape[1] // 32
     codes, dsc, msc = _scratch(nblk, 32)
+    wf = w.reshape(-1)
     for g in range(g0, g1):
-        _pack_q45_k(w, g * GROUP, w.shape[0], codes, dsc, msc, 144, False)
+        _pack_q45_k(wf, w.shape[1], g * GROUP, w.shape[0], codes, dsc, msc, 144, False)
         for t0 in range(0, xq.shape[0], NT):
             tile32m(codes, dsc, msc, nblk, 0, xq, xd, xs, xb, t0, out, g * GROUP, flavour)
 
@@ -454,8 +483,9 @@ def gemm_q4_k(w, g0, g1, xq, xd, xs, xb, out, flavour):
 def gemm_q5_k(w, g0, g1, xq, xd, xs, xb, out, flavour):
     nblk = xq.shape[1] // 32
     codes, dsc, msc = _scratch(nblk, 32)
+    wf = w.reshape(-1)
     for g in range(g0, g1):
-        _pack_q45_k(w, g * GROUP, w.shape[0], codes, dsc, msc, 176, True)
+        _pack_q45_k(wf, w.shape[1], g * GROUP, w.shape[0], codes, dsc, msc, 176, True)
         for t0 in range(0, xq.shape[0], NT):
             tile32m(codes, dsc, msc, nblk, 0, xq, xd, xs, xb, t0, out, g * GROUP, flavour)
 
@@ -464,8 +494,9 @@ def gemm_q5_k(w, g0, g1, xq, xd, xs, xb, out, flavour):
 def gemm_q6_k(w, g0, g1, xq, xd, xs, xb, out, flavour):
     nblk = xq.shape[1] // 16
     codes, dsc, msc = _scratch(nblk, 16)
+    wf = w.reshape(-1)
     for g in range(g0, g1):
-        _pack_q6_k(w, g * GROUP, w.shape[0], codes, dsc, msc)
+        _pack_q6_k(wf, w.shape[1], g * GROUP, w.shape[0], codes, dsc, msc)
         for t0 in range(0, xq.shape[0], NT):
             tile16(codes, dsc, msc, nblk, 32, xq, xd, xs, xb, t0, out, g * GROUP, flavour)
 
@@ -474,8 +505,9 @@ def gemm_q6_k(w, g0, g1, xq, xd, xs, xb, out, flavour):
 def gemm_q3_k(w, g0, g1, xq, xd, xs, xb, out, flavour):
     nblk = xq.shape[1] // 16
     codes, dsc, msc = _scratch(nblk, 16)
+    wf = w.reshape(-1)
     for g in range(g0, g1):
-        _pack_q3_k(w, g * GROUP, w.shape[0], codes, dsc, msc)
+        _pack_q3_k(wf, w.shape[1], g * GROUP, w.shape[0], codes, dsc, msc)
         for t0 in range(0, xq.shape[0], NT):
             tile16(codes, dsc, msc, nblk, 4, xq, xd, xs, xb, t0, out, g * GROUP, flavour)
 
@@ -484,8 +516,9 @@ def gemm_q3_k(w, g0, g1, xq, xd, xs, xb, out, flavour):
 def gemm_q2_k(w, g0, g1, xq, xd, xs, xb, out, flavour):
     nblk = xq.shape[1] // 16
     codes, dsc, msc = _scratch(nblk, 16)
+    wf = w.reshape(-1)
     for g in range(g0, g1):
-        _pack_q2_k(w, g * GROUP, w.shape[0], codes, dsc, msc)
+        _pack_q2_k(wf, w.shape[1], g * GROUP, w.shape[0], codes, dsc, msc)
         for t0 in range(0, xq.shape[0], NT):
             tile16m(codes, dsc, msc, nblk, 0, xq, xd, xs, xb, t0, out, g * GROUP, flavour)
 

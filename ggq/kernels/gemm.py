@@ -229,12 +229,13 @@ def _u32(w, r, o):
     return _load_u32(w, r + o)
 
 
+# bits 0..3 of an index -> bit 0 of bytes 0..3
+_SPREAD4 = np.array([sum(((v >> i) & 1) << (8 * i) for i in range(4)) for v in range(16)], np.uint32)
+
+
 @njit(inline="always")
 def _spread4(v):
-    """bits 0..3 of v -> bit 0 of bytes 0..3"""
-    v = v & np.uint32(15)
-    return ((v & np.uint32(1)) | ((v & np.uint32(2)) << np.uint32(7)) | ((v & np.uint32(4)) << np.uint32(14))
-            | ((v & np.uint32(8)) << np.uint32(21)))
+    return _SPREAD4[v & np.uint32(15)]
 
 
 @njit(inline="always")

@@ -6,10 +6,15 @@ callee defined in another file is not seen). ggq's kernels inline code from othe
 architectures' kernels), so an edit or an upgrade of such a file alone would leave old machine
 code running: a quietly wrong result. guard() writes, next to the cached kernels of the given
 modules, a stamp with a hash of the files they are built from, and deletes those kernels'
-cache entries when the hash changes (they recompile once)."""
+cache entries when the hash changes (they recompile once).
+
+Start-up helpers (numba_without_scipy, numba_ready, Precompiler) live here too: see below."""
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -61,3 +66,93 @@ def guard(modules, depends_on, name: str) -> list[Path]:
         except OSError:
             pass  # a cache folder we cannot write: Numba cannot have saved kernels there either
     return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# start-up time
+
+_SCIPY = ("scipy", "scipy.linalg", "scipy.linalg.cython_blas")
+
+
+@contextmanager
+def numba_without_scipy():
+    """Numba imports SciPy when it starts (a version check) and when its CPU target first
+    initialises (scipy.linalg, to learn whether np.dot may call BLAS): 0.1-0.3 s of a start-up
+    whose kernels use neither. Inside this block SciPy reads as absent; afterwards it imports
+    normally (np.dot and friends in a kernel compiled later still find BLAS). Only an
+    application that owns its process should use this (the CLI): Numba keeps its
+    `_HAVE_BLAS = False` for np.correlate/np.convolve's inner products (a loop, still correct).
+    A SciPy already imported is left alone."""
+    masked = [m for m in _SCIPY if m not in sys.modules]
+    for m in masked:
+        sys.modules[m] = None
+    try:
+        yield
+    finally:
+        for m in masked:
+            if m in sys.modules and sys.modules[m] is None:
+                del sys.modules[m]
+
+
+def numba_ready() -> None:
+    """Initialise Numba's CPU target now (the first kernel call, compiled or loaded from the
+    disk cache, does it otherwise: ~0.2-0.4 s of imports of Numba's own implementations), e.g.
+    while a tokenizer builds in another thread."""
+    from numba.core.compiler_lock import global_compiler_lock
+    from numba.core.registry import cpu_target
+
+    with global_compiler_lock:
+        cpu_target.target_context.refresh()
+
+
+class Precompiler:
+    """Compile kernels in a helper process while this one goes on (a cold Numba cache only:
+    compiling is single-threaded and holds the GIL, so a second core is the only way to overlap
+    it). The helper saves each kernel to Numba's disk cache; after wait(), this process's first
+    call of such a kernel loads it from there instead of compiling it again. Today's work list:
+    the decode matvec kernels of the named quant types (ggq.kernels.warm), compiled in the order
+    given. A failed or slow helper costs nothing but its CPU time: without it the kernels
+    compile where they are first called, as before."""
+
+    def __init__(self, matvec_names, env=None):
+        import subprocess
+
+        self.names = list(matvec_names)
+        code = ("import sys\n"
+                "from ggq.jit_cache import numba_without_scipy\n"
+                "with numba_without_scipy():\n"
+                "    import numba\n"
+                "    numba.set_num_threads(1)\n"
+                "    import ggq.kernels as k\n"
+                "    k.warm(sys.argv[1:], lambda n: print(n, flush=True))\n")
+        env = dict(os.environ if env is None else env)
+        root = str(Path(__file__).resolve().parent.parent)  # this ggq, wherever it was imported from
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        self.proc = subprocess.Popen([sys.executable, "-c", code, *self.names], env=env,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+
+    def wait(self, timeout: float | None = 120.0) -> bool:
+        """Wait for the helper to finish (True if it compiled everything). On a timeout the
+        helper is stopped: whatever it did not save compiles in this process when first used."""
+        import subprocess
+
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.close()
+            return False
+        return self.proc.returncode == 0 and out.split() == self.names
+
+    def close(self) -> None:
+        """Stop the helper if it still runs (a half-written cache entry is never used: Numba
+        writes each file under a temporary name and renames it)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

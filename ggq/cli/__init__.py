@@ -8,18 +8,36 @@ import click
 from ..errors import GGQError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# command -> the module that defines it (imported only when the command runs or help lists it:
+# `ggq run` needs neither the converter nor the inspector)
+COMMANDS = {"convert": "convert", "inspect": "inspect", "verify": "inspect", "run": "run",
+            "bench": "run", "perplexity": "run", "export": "export"}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in COMMANDS:
+            import importlib
+
+            importlib.import_module(f"{__name__}.{COMMANDS[name]}")  # its @cli.command() adds it
+        return self.commands.get(name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ggq")
 def cli() -> None:
     """ggq: convert Hugging Face / GGUF checkpoints to .ggq and run them fast on a CPU."""
 
 
 def _register() -> None:
+    """Import every command module (main() imports only the one a command needs)."""
     from . import convert, inspect, run, export  # noqa: F401  (each adds its commands to `cli`)
 
 
 def main(argv: list[str] | None = None) -> int:
-    _register()
     try:
         cli.main(args=argv, prog_name="ggq", standalone_mode=False)
     except GGQError as e:

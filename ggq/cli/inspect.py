@@ -6,11 +6,9 @@ import math
 import os
 
 import click
-import numpy as np
 
 from . import cli
 from ..errors import FormatError
-from ..format import GGQReader
 
 _STR_SHOW = 80       # characters of a string value shown before abbreviating
 _ARRAY_SHOW = 8      # elements of an array value shown before abbreviating
@@ -36,7 +34,7 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _tensor_rows(r: GGQReader) -> list[dict]:
+def _tensor_rows(r) -> list[dict]:
     rows = []
     for t in r.tensors.values():
         n = t.n_elements
@@ -47,8 +45,10 @@ def _tensor_rows(r: GGQReader) -> list[dict]:
     return rows
 
 
-def _error_stats(r: GGQReader, reference: str) -> dict:
+def _error_stats(r, reference: str) -> dict:
     """Per-tensor quantization error of r's tensors against the original checkpoint."""
+    import numpy as np
+
     from ..convert.sources import open_source
 
     out = {}
@@ -95,6 +95,8 @@ def _clean(x):
                    "original checkpoint: .safetensors file, Hugging Face folder or .gguf.")
 def inspect(file: str, as_json: bool, full: bool, reference: str | None) -> None:
     """Show the header, metadata and tensor table of a .ggq FILE."""
+    from ..format import GGQReader
+
     with GGQReader(file) as r:
         size = os.path.getsize(file)
         tensors = _tensor_rows(r)
@@ -181,6 +183,8 @@ def inspect(file: str, as_json: bool, full: bool, reference: str | None) -> None
 @click.argument("file", type=click.Path(dir_okay=False))
 def verify(file: str) -> None:
     """Check the header checksum and every tensor's CRC-32; exit 1 on any failure."""
+    from ..format import GGQReader
+
     with GGQReader(file, check_header_crc=False) as r:
         bad = r.verify()
         n = len(r.tensors)

@@ -6,7 +6,6 @@ import sys
 import time
 
 import click
-import numpy as np
 
 from ..errors import UsageError
 from . import cli
@@ -18,8 +17,51 @@ def _log(msg: str) -> None:
 
 def _load(model, ctx, threads, no_mmap=False):
     from ..api import load
+    from ..jit_cache import numba_ready, numba_without_scipy
 
-    return load(model, n_ctx=ctx, threads=threads, log=_log, use_mmap=not no_mmap)
+    with numba_without_scipy():  # this process is ours: spare Numba's SciPy imports
+        m = load(model, n_ctx=ctx, threads=threads, log=_log, use_mmap=not no_mmap)
+        numba_ready()  # here rather than in the first kernel call (the tokenizer may still build)
+    return m
+
+
+def _decode_kernel_order(llama) -> list[str]:
+    """The quant types of the matvec kernels one decode step calls, in the order it first calls
+    them (the layers' matrices, then the output)."""
+    mats = list(llama.matrices())
+    out = getattr(llama, "output", mats[0])
+    names = []
+    for m in [x for x in mats if x is not mats[0] and x is not out] + [out]:
+        q = m.qtype if isinstance(m.qtype, str) else m.qtype.name
+        if q.upper() not in names:
+            names.append(q.upper())
+    return names
+
+
+def _precompile_decode(m):
+    """On a cold Numba cache, a helper process compiling the decode step's matvec kernels while
+    this one evaluates the prompt (wait() on it before the first decode step), or None: one
+    core only, GGQ_PRECOMPILE=0, or nothing to compile. The helper takes them in the reverse
+    order of first use, so that where this process needs them early too (a prompt of a few
+    tokens) the two meet in the middle instead of compiling the same kernel."""
+    import os
+
+    if os.environ.get("GGQ_PRECOMPILE", "1") == "0":
+        return None
+    try:
+        if len(os.sched_getaffinity(0)) < 2:
+            return None
+    except AttributeError:  # pragma: no cover - no sched_getaffinity (macOS, Windows)
+        if (os.cpu_count() or 1) < 2:
+            return None
+    try:
+        from ..kernels import uncached_matvecs
+        from ..jit_cache import Precompiler
+
+        todo = uncached_matvecs(_decode_kernel_order(m.llama)[::-1])
+        return Precompiler(todo) if todo else None
+    except Exception:  # pragma: no cover - a model class without matrices(): no helper
+        return None
 
 
 exact_option = click.option(
@@ -70,20 +112,28 @@ def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, 
         chat = True  # a system message only makes sense in a chat
     m = _load(model, ctx_size, threads, no_mmap)
     m.llama.set_exact(exact)
-    src = getattr(m.tokenizer, "chat_template_source", "file")
-    if chat and src not in (None, "file"):
-        _log(f"{m.path.name} has no chat template; using the {src} one")
-    pieces = m.generate(prompt, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, chat=chat, system=system)
-    out = sys.stdout
-    first = None
-    for piece in pieces:
-        if first is None:
-            first = time.perf_counter() - t_start
-        out.write(piece)
+    helper = None if exact or max_tokens in (0, 1) else _precompile_decode(m)
+    try:
+        src = getattr(m.tokenizer, "chat_template_source", "file")
+        if chat and src not in (None, "file"):
+            _log(f"{m.path.name} has no chat template; using the {src} one")
+        pieces = m.generate(prompt, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, chat=chat, system=system)
+        out = sys.stdout
+        first = None
+        for piece in pieces:
+            if first is None:
+                first = time.perf_counter() - t_start
+            out.write(piece)
+            out.flush()
+            if helper is not None:  # the next piece needs a decode step: its kernels are cached now
+                helper.wait()
+                helper = None
+        out.write("\n")
         out.flush()
-    out.write("\n")
-    out.flush()
+    finally:
+        if helper is not None:
+            helper.close()
     st = m.stats
     ttft = f"{first * 1000:.0f} ms" if first is not None else "-"
     _log(f"{m.path.name}: load {st.load_s * 1000:.0f} ms | prompt {st.prompt_tokens} tok "
@@ -98,6 +148,8 @@ def _human_size(n: int) -> str:
 def bench_model(m, n_prompt: int, n_gen: int, runs: int, seed: int = 0):
     """llama-bench's tests: pp = one batch of n_prompt random tokens on an empty cache;
     tg = n_gen single-token steps from an empty cache. Returns {test: [t/s per run]}."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     vocab = m.llama.vocab_size
     res = {}
@@ -146,6 +198,8 @@ def bench(model, n_prompt, n_gen, threads, runs, exact, no_mmap):
     preset = m.metadata.get("general.preset") or "?"
     rows = []
     for test, speeds in res.items():
+        import numpy as np
+
         a = np.array(speeds)
         sd = a.std(ddof=1) if len(a) > 1 else 0.0
         rows.append((f"{m.name} {preset}", _human_size(m.file_size), f"{m.n_params / 1e6:.2f} M", "numba",
@@ -165,9 +219,11 @@ def bench(model, n_prompt, n_gen, threads, runs, exact, no_mmap):
         click.echo(line(r))
 
 
-def nll_of_window(logits: np.ndarray, tokens: np.ndarray, first: int, rows: int = 64) -> np.ndarray:
-    """Negative log-likelihoods of tokens[first+1:] from logits[first:-1], in float64
+def nll_of_window(logits, tokens, first: int, rows: int = 64):
+    """Negative log-likelihoods (float64 array) of tokens[first+1:] from logits[first:-1]
     (a few rows at a time: a float64 copy of a whole window's logits would be 200 MB)."""
+    import numpy as np
+
     n = logits.shape[0] - 1 - first
     out = np.empty(n, dtype=np.float64)
     for s in range(0, n, rows):
@@ -221,6 +277,8 @@ def perplexity(model, text_file, ctx_size, chunks, protocol, threads, no_mmap):
     m = _load(model, ctx_size, threads, no_mmap)
     t0 = time.perf_counter()
     bos = m.tokenizer.bos_id if m.tokenizer.add_bos else None
+    import numpy as np
+
     tokens = np.array(m.tokenizer.encode(text), dtype=np.int64)
     n_win = len(tokens) // ctx_size
     if n_win == 0:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from . import floats, kquants, legacy  # noqa: E402
 from ..jit_cache import guard
 
@@ -27,4 +29,61 @@ BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2),
 # matvec kernels that quantize the activation vector to int8 (the others are exact float math)
 INT8_ACTIVATIONS = frozenset(legacy.MATVEC) | frozenset(kquants.MATVEC)
 
-__all__ = ["MATVEC", "DEQUANT", "INT8_ACTIVATIONS", "BLOCK"]
+
+
+# ---------------------------------------------------------------------------------------------
+# start-up: which matvec kernels a cold Numba cache lacks, and compiling them ahead of use
+# (ggq.jit_cache.Precompiler runs warm() in a helper process while a command loads the model
+# and evaluates the prompt; the decode steps then load the kernels from the disk cache)
+
+def matvec_args(name: str):
+    """(w, x, y) of the types runtime.linear passes to MATVEC[name] (read-only weights: mmap views
+    and copies alike), tiny and zero: calling the kernel on them compiles or loads exactly the
+    overload a model needs."""
+    bs, ts = BLOCK[name]
+    cols, rows = 256, 4
+    w = np.zeros((rows, cols // bs * ts), np.uint8)
+    if name in floats.VIEW:
+        w = w.view(floats.VIEW[name])
+    w.flags.writeable = False
+    x = np.zeros((1, cols), np.float32)
+    y = np.zeros((1, rows), np.float32)
+    return w, x[0], y[0]
+
+
+def uncached_matvecs(names) -> list[str]:
+    """The names (in the given order) whose MATVEC kernel is neither loaded in this process nor
+    in Numba's disk cache for the signature a model uses. Without a usable disk cache (or if
+    Numba's cache layout is not what this expects): [] (a helper process could not help)."""
+    from numba import typeof
+
+    out = []
+    for name in dict.fromkeys(names):
+        disp = MATVEC.get(name)
+        if disp is None:
+            continue
+        sig = tuple(typeof(a) for a in matvec_args(name))
+        if sig in disp.overloads:
+            continue
+        try:
+            cache = disp._cache
+            if not hasattr(cache, "_cache_file"):  # NullCache: caching off
+                return []
+            key = cache._index_key(sig, disp.targetctx.codegen())
+            if key not in cache._cache_file._load_index():
+                out.append(name)
+        except Exception:  # pragma: no cover - another Numba's internals
+            return []
+    return out
+
+
+def warm(names, report=None) -> None:
+    """Compile (or load) MATVEC[name] for each name, in order; report(name) after each."""
+    for name in names:
+        if name in MATVEC:
+            MATVEC[name](*matvec_args(name))
+            if report:
+                report(name)
+
+
+__all__ = ["MATVEC", "DEQUANT", "INT8_ACTIVATIONS", "BLOCK", "matvec_args", "uncached_matvecs", "warm"]

@@ -155,9 +155,13 @@ NR = 4  # rows per rows_* call
 PREFETCH = 4096  # bytes ahead
 
 
-@njit(inline="always")
+@njit(cache=True)
 def act8(x):
-    """quantize_act8 into fresh buffers: (xq, xd, xp, xs) for the row intrinsics."""
+    """quantize_act8 into fresh buffers: (xq, xd, xp, xs) for the row intrinsics.
+
+    A function of its own (not inlined): compiled once per process and linked into every
+    matvec kernel, instead of being typed and inlined again into each (a quarter of their
+    compile time). Strict float math, like the kernels that call it: see legacy.py."""
     nb = x.size // QK
     xq = np.empty(x.size, np.int8)
     xd = np.empty(nb, np.float32)

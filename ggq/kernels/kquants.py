@@ -169,9 +169,10 @@ def _act16(x):
 # One common.rows_* call per NR rows (the last group's extra rows are clamped to rows-1,
 # recomputed, written once). Same body per type and flavour, written out so each compiles
 # (and caches) on its own, only when a model uses it. (Numba's disk cache misses every run
-# for kernels built by a factory or given the row intrinsic as an argument.)
+# for kernels built by a factory or given the row intrinsic as an argument.) No fastmath:
+# the same results compiled or loaded from the disk cache (see legacy.py).
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q2_k(w, x, y):
     rows, rb = w.shape
     nsb, xq, xd, xp, xs = _act16(x)
@@ -180,7 +181,7 @@ def matvec_q2_k(w, x, y):
         put_rows(y, g * NR, rows, rows_q2_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q2_k_vnni(w, x, y):
     rows, rb = w.shape
     nsb, xq, xd, xp, xs = _act16(x)
@@ -189,7 +190,7 @@ def matvec_q2_k_vnni(w, x, y):
         put_rows(y, g * NR, rows, rows_q2_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q3_k(w, x, y):
     rows, rb = w.shape
     nsb, xq, xd, xp, xs = _act(x)
@@ -198,7 +199,7 @@ def matvec_q3_k(w, x, y):
         put_rows(y, g * NR, rows, rows_q3_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q3_k_vnni(w, x, y):
     rows, rb = w.shape
     nsb, xq, xd, xp, xs = _act(x)
@@ -207,7 +208,7 @@ def matvec_q3_k_vnni(w, x, y):
         put_rows(y, g * NR, rows, rows_q3_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q4_k(w, x, y):
     rows, rb = w.shape
     nsb, xq, xd, xp, xs = _act(x)
@@ -216,7 +217,7 @@ def matvec_q4_k(w, x, y):
         put_rows(y, g * NR, rows, rows_q4_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q4_k_vnni(w, x, y):
     rows, rb = w.shape
     nsb, xq, xd, xp, xs = _act(x)
@@ -225,7 +226,7 @@ def matvec_q4_k_vnni(w, x, y):
         put_rows(y, g * NR, rows, rows_q4_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q5_k(w, x, y):
     rows, rb = w.shape
     nsb, xq, xd, xp, xs = _act(x)
@@ -234,7 +235,7 @@ def matvec_q5_k(w, x, y):
         put_rows(y, g * NR, rows, rows_q5_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q5_k_vnni(w, x, y):
     rows, rb = w.shape
     nsb, xq, xd, xp, xs = _act(x)
@@ -243,7 +244,7 @@ def matvec_q5_k_vnni(w, x, y):
         put_rows(y, g * NR, rows, rows_q5_k_vnni(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q6_k(w, x, y):
     rows, rb = w.shape
     nsb, xq, xd, xp, xs = _act(x)
@@ -252,7 +253,7 @@ def matvec_q6_k(w, x, y):
         put_rows(y, g * NR, rows, rows_q6_k(wf, g * NR, rows, rb, nsb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q6_k_vnni(w, x, y):
     rows, rb = w.shape
     nsb, xq, xd, xp, xs = _act(x)

@@ -34,8 +34,15 @@ def _act(x):
 # Same body per type and flavour, written out so each compiles (and caches) on its own, only
 # when a model uses it. (Numba's disk cache misses every run for kernels built by a factory
 # or given the row intrinsic as an argument: its key holds the argument's address.)
+# No fastmath: a parallel kernel runs, in the process that compiles it, its parallel loop body
+# as optimized on its own, and in a process that loads it from the disk cache, the copy that
+# was linked into the kernel and optimized again. With reassociation allowed (fastmath's
+# "fast") the two can sum floats in different orders (the activation sums, the horizontal
+# sums): results then differed in the last bits between a cold and a warm run (and greedy text
+# with them). Strict float math makes them the same; the row intrinsics' hot loops carry their
+# own flags ("contract") and run as fast as before.
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q8_0(w, x, y):
     rows, rb = w.shape
     nb, xq, xd, xp, xs = _act(x)
@@ -44,7 +51,7 @@ def matvec_q8_0(w, x, y):
         put_rows(y, g * NR, rows, rows_q8_0(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q8_0_vnni(w, x, y):
     rows, rb = w.shape
     nb, xq, xd, xp, xs = _act(x)
@@ -53,7 +60,7 @@ def matvec_q8_0_vnni(w, x, y):
         put_rows(y, g * NR, rows, rows_q8_0_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q4_0(w, x, y):
     rows, rb = w.shape
     nb, xq, xd, xp, xs = _act(x)
@@ -62,7 +69,7 @@ def matvec_q4_0(w, x, y):
         put_rows(y, g * NR, rows, rows_q4_0(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q4_0_vnni(w, x, y):
     rows, rb = w.shape
     nb, xq, xd, xp, xs = _act(x)
@@ -71,7 +78,7 @@ def matvec_q4_0_vnni(w, x, y):
         put_rows(y, g * NR, rows, rows_q4_0_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q4_1(w, x, y):
     rows, rb = w.shape
     nb, xq, xd, xp, xs = _act(x)
@@ -80,7 +87,7 @@ def matvec_q4_1(w, x, y):
         put_rows(y, g * NR, rows, rows_q4_1(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q4_1_vnni(w, x, y):
     rows, rb = w.shape
     nb, xq, xd, xp, xs = _act(x)
@@ -89,7 +96,7 @@ def matvec_q4_1_vnni(w, x, y):
         put_rows(y, g * NR, rows, rows_q4_1_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q5_0(w, x, y):
     rows, rb = w.shape
     nb, xq, xd, xp, xs = _act(x)
@@ -98,7 +105,7 @@ def matvec_q5_0(w, x, y):
         put_rows(y, g * NR, rows, rows_q5_0(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q5_0_vnni(w, x, y):
     rows, rb = w.shape
     nb, xq, xd, xp, xs = _act(x)
@@ -107,7 +114,7 @@ def matvec_q5_0_vnni(w, x, y):
         put_rows(y, g * NR, rows, rows_q5_0_vnni(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q5_1(w, x, y):
     rows, rb = w.shape
     nb, xq, xd, xp, xs = _act(x)
@@ -116,7 +123,7 @@ def matvec_q5_1(w, x, y):
         put_rows(y, g * NR, rows, rows_q5_1(wf, g * NR, rows, rb, nb, xq, xd, xp, xs))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec_q5_1_vnni(w, x, y):
     rows, rb = w.shape
     nb, xq, xd, xp, xs = _act(x)

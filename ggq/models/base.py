@@ -6,7 +6,10 @@
 - attention_blas: prompt-batch attention with BLAS matmuls.
   Both attention paths take `window` (0 = none): the query at position p sees the keys at
   positions t with t <= p and p - t < window (sliding-window attention).
-- Matrix (a weight as stored, called as y = W x), vector (a 1-D norm weight), kv_cache.
+- add_rmsnorm: the residual add and the next norm in one call (Gemma's post-norm optional).
+- Matrix (a weight as stored, called as y = W x; one row calls the type's matvec kernel
+  directly), Stacked (matrices that read the same input, one kernel call when they lie back to
+  back in memory), vector (a 1-D norm weight), kv_cache.
 - DecoderModel: loading of embeddings/output, context size, KV cache, --no-mmap copy,
   set_exact, matrices(), token checks and the per-layer attention dispatch. An architecture
   subclasses it and writes its own __init__ (layers) and forward().
@@ -20,6 +23,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import ModelError, UsageError
+from ..kernels import BLOCK, MATVEC
+from ..kernels.floats import VIEW
 from ..runtime.blas import blas_set_threads
 from ..runtime.linear import embedding_rows, linear
 
@@ -76,6 +81,36 @@ def rmsnorm(x, w, eps):
         for j in range(d):
             out[i, j] = w[j] * (x[i, j] * r)
     return out
+
+
+@njit(cache=True)
+def add_rmsnorm(x, y, w, eps, y_norm):
+    """The residual step and the next norm in one call: x += y in place (y first scaled to unit
+    RMS times y_norm when y_norm is not empty: Gemma's post-norms), then rmsnorm(x, w, eps).
+    The same float operations as rmsnorm and numpy's add, so the same bits."""
+    n, d = x.shape
+    out = np.empty_like(x)
+    for i in range(n):
+        r = np.float32(0.0)
+        if y_norm.size:
+            ss = 0.0
+            for j in range(d):
+                ss += np.float64(y[i, j]) * y[i, j]
+            r = np.float32(1.0 / math.sqrt(ss / d + eps))
+        ss = 0.0
+        for j in range(d):
+            if y_norm.size:
+                x[i, j] += y_norm[j] * (y[i, j] * r)
+            else:
+                x[i, j] += y[i, j]
+            ss += np.float64(x[i, j]) * x[i, j]
+        r = np.float32(1.0 / math.sqrt(ss / d + eps))
+        for j in range(d):
+            out[i, j] = w[j] * (x[i, j] * r)
+    return out
+
+
+NO_NORM = np.zeros(0, np.float32)  # add_rmsnorm's y_norm for a plain residual add
 
 
 @njit(cache=True)
@@ -215,9 +250,28 @@ def kv_cache(n_layers: int, n_kv_heads: int, n_ctx: int, head_dim: int) -> tuple
     return lazy_zeros(shape), lazy_zeros(shape)
 
 
+def _kernel_view(name: str, raw: np.ndarray, cols: int):
+    """(weights as the matvec kernel takes them, the kernel) for a one-row product, or
+    (None, None) when the type has none (F32) or the rows do not fit cols (linear() reports it).
+    The view is read-only, as linear() passes it: one compiled signature per kernel."""
+    kernel = MATVEC.get(name)
+    if kernel is None or raw.dtype != np.uint8 or raw.ndim != 2 or not raw.flags.c_contiguous:
+        return None, None
+    bs, ts = BLOCK[name]
+    if cols <= 0 or cols % bs or raw.shape[1] != cols // bs * ts:
+        return None, None
+    w = raw.view(VIEW[name]) if name in VIEW else raw.view()
+    w.flags.writeable = False
+    return w, kernel
+
+
 class Matrix:
-    """A weight matrix as stored: quant type + uint8 rows view of the mmap."""
-    __slots__ = ("name", "qtype", "raw", "rows", "cols", "exact")
+    """A weight matrix as stored: quant type + uint8 rows view of the mmap, called as y = W x.
+
+    The matvec kernel of its type and the view it takes are found once (and again when raw is
+    replaced): a one-row product (decode) calls the kernel directly; anything else (prompt
+    batches, exact mode, F32) goes through runtime.linear.linear()."""
+    __slots__ = ("name", "qtype", "_raw", "rows", "cols", "exact", "w", "kernel")
 
     def __init__(self, reader, name, shape, source):
         info = reader.tensors.get(name)
@@ -232,8 +286,103 @@ class Matrix:
         self.raw = reader.raw(name)
         self.exact = False
 
+    @property
+    def raw(self) -> np.ndarray:
+        return self._raw
+
+    @raw.setter
+    def raw(self, value: np.ndarray) -> None:
+        global _RAW_GENERATION
+        self._raw = value
+        self.w, self.kernel = _kernel_view(self.qtype.name.upper(), value, self.cols)
+        _RAW_GENERATION += 1  # Stacked plans made before are stale
+
+    def fast(self, x) -> bool:
+        """Whether x is a row the kernel takes as it is (float32 (1, cols), C order, writable)."""
+        return (self.kernel is not None and not self.exact and type(x) is np.ndarray and x.dtype == np.float32
+                and x.shape == (1, self.cols) and x.flags.c_contiguous and x.flags.writeable)
+
     def __call__(self, x):
+        if self.fast(x):
+            y = np.empty((1, self.rows), np.float32)
+            self.kernel(self.w, x[0], y[0])
+            return y
         return linear(self.qtype, self.raw, self.cols, x, exact=self.exact)
+
+
+_RAW_GENERATION = 0
+
+
+def _root(a: np.ndarray):
+    """The object that owns a's memory: an ndarray, or the buffer (mmap) under numpy's views."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    if a.base is None:
+        return a
+    return a.base.obj if isinstance(a.base, memoryview) else a.base
+
+
+class Stacked:
+    """Matrices that multiply the same input (q, k, v; gate, up), called as one: returns the
+    tuple of their products. For one row, members that lie back to back in memory (the .ggq
+    writer stores each layer's tensors in order, and --no-mmap copies keep that) with the same
+    type and columns form one zero-copy view, multiplied in one kernel call: one activation
+    quantization and one parallel region instead of one per matrix, the same numbers (each row
+    of a matvec depends on its own weights only). Other inputs: each member on its own."""
+    __slots__ = ("mats", "_runs", "_generation")
+
+    def __init__(self, *mats: Matrix):
+        self.mats = mats
+        self._generation = -1
+
+    def _plan(self):
+        """[(kernel, w, [(member index, first row, last row)...])], rebuilt if a raw changed."""
+        runs, cur = [], None
+        for i, m in enumerate(self.mats):
+            if (cur is not None and m.kernel is not None and m.kernel is cur[0] and m.qtype.name == cur[1].qtype.name
+                    and m.cols == cur[1].cols and m.raw.shape[1] == cur[1].raw.shape[1]
+                    and _root(m.raw) is _root(cur[1].raw) and m.raw.ctypes.data == cur[3]):
+                cur[2].append(i)
+                cur[3] += m.raw.nbytes
+            else:
+                cur = [m.kernel, m, [i], m.raw.ctypes.data + m.raw.nbytes]
+                runs.append(cur)
+        self._runs = []
+        for kernel, first, members, end in runs:
+            if kernel is None:
+                self._runs.append((None, None, [(members[0], 0, first.rows)]))
+                continue
+            rows = sum(self.mats[i].rows for i in members)
+            w = first.w
+            if len(members) > 1:
+                root = _root(first.raw)
+                base = root if isinstance(root, np.ndarray) else np.frombuffer(root, np.uint8)
+                off = first.raw.ctypes.data - base.ctypes.data
+                raw = base.reshape(-1)[off:off + (end - first.raw.ctypes.data)].reshape(rows, -1)
+                w, _ = _kernel_view(first.qtype.name.upper(), raw, first.cols)
+            spans, r = [], 0
+            for i in members:
+                spans.append((i, r, r + self.mats[i].rows))
+                r += self.mats[i].rows
+            self._runs.append((kernel, w, spans))
+        self._generation = _RAW_GENERATION
+
+    def __call__(self, x):
+        if not self.mats[0].fast(x):  # (set_exact sets every matrix alike)
+            return tuple(m(x) for m in self.mats)
+        if self._generation != _RAW_GENERATION:
+            self._plan()
+        out = [None] * len(self.mats)
+        for kernel, w, spans in self._runs:
+            if kernel is None or w is None:
+                for i, _, _ in spans:
+                    out[i] = self.mats[i](x)
+                continue
+            y = np.empty((1, spans[-1][2]), np.float32)
+            kernel(w, x[0], y[0])
+            for i, r0, r1 in spans:
+                out[i] = y[:, r0:r1]
+        return tuple(out)
 
 
 def vector(reader, name, n, source):

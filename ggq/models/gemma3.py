@@ -28,8 +28,8 @@ from numba import njit
 
 from ..errors import ModelError
 from ..runtime.blas import blas_get_threads
-from .base import (DecoderModel, Matrix, causal_mask, check_heads, metadata_getter, rmsnorm, rope_inv_freq,
-                   rope_tables, vector)
+from .base import (DecoderModel, Matrix, Stacked, add_rmsnorm, causal_mask, check_heads, metadata_getter,
+                   rmsnorm, rope_inv_freq, rope_tables, vector)
 
 ARCH = "gemma3"
 DEFAULT_SWA_PATTERN = 6          # llama.cpp: load_swa_pattern(ml, 6)
@@ -157,7 +157,7 @@ def head_rmsnorm(y, w, eps, head_dim):
 
 class Layer:
     __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "q_norm", "k_norm", "post_attn_norm",
-                 "ffn_norm", "gate", "up", "down", "post_ffw_norm", "local", "window")
+                 "ffn_norm", "gate", "up", "down", "post_ffw_norm", "local", "window", "qkv", "gate_up")
 
 
 class Gemma3(DecoderModel):
@@ -187,6 +187,7 @@ class Gemma3(DecoderModel):
             L.up = Matrix(reader, p + "ffn_up.weight", (cfg.ffn_dim, d), source)
             L.down = Matrix(reader, p + "ffn_down.weight", (d, cfg.ffn_dim), source)
             L.post_ffw_norm = vector(reader, p + "post_ffw_norm.weight", d, source)
+            L.qkv, L.gate_up = Stacked(L.wq, L.wk, L.wv), Stacked(L.gate, L.up)  # one call each in decode
             L.local = cfg.local[i]
             L.window = cfg.window if L.local else 0
             self.layers.append(L)
@@ -213,21 +214,21 @@ class Gemma3(DecoderModel):
 
         x = self._embed(tokens)
         x *= self.embed_scale
-        for li, L in enumerate(self.layers):
-            h = rmsnorm(x, L.attn_norm, eps)
-            q = head_rmsnorm(L.wq(h), L.q_norm, eps, hd)
-            k = head_rmsnorm(L.wk(h), L.k_norm, eps, hd)
-            v = np.ascontiguousarray(L.wv(h))
+        # each layer ends with the next layer's input norm (the last one with the output norm)
+        next_norms = [L.attn_norm for L in self.layers[1:]] + [self.output_norm]
+        h = rmsnorm(x, self.layers[0].attn_norm, eps)
+        for li, (L, next_norm) in enumerate(zip(self.layers, next_norms)):
+            q, k, v = L.qkv(h)
+            q = head_rmsnorm(q, L.q_norm, eps, hd)
+            k = head_rmsnorm(k, L.k_norm, eps, hd)
             cos, sin = rope[L.local]
             a = self._attend(li, q, k, v, cos, sin, start_pos, self.scale, L.window, masks[L.local], blas_n)
-            x = x + rmsnorm(L.wo(a), L.post_attn_norm, eps)
-            h = rmsnorm(x, L.ffn_norm, eps)
-            f = gelu_tanh_mul(np.ascontiguousarray(L.gate(h)), np.ascontiguousarray(L.up(h)))
-            x = x + rmsnorm(L.down(f), L.post_ffw_norm, eps)
+            h = add_rmsnorm(x, L.wo(a), L.ffn_norm, eps, L.post_attn_norm)  # x += norm(Wo a); h = norm(x)
+            g, u = L.gate_up(h)
+            h = add_rmsnorm(x, L.down(gelu_tanh_mul(g, u)), next_norm, eps, L.post_ffw_norm)
         if not all_logits:
-            x = np.ascontiguousarray(x[-1:])
-        x = rmsnorm(x, self.output_norm, eps)
-        logits = np.asarray(self.output(x), dtype=np.float32)
+            h = np.ascontiguousarray(h[-1:])
+        logits = np.asarray(self.output(h), dtype=np.float32)
         if cfg.softcap:
             cap = np.float32(cfg.softcap)
             logits /= cap

@@ -8,7 +8,9 @@
     logits = Wout rmsnorm(x)                                            (Wout = embedding if tied)
 
 Weights stay in the file: each matrix is a zero-copy uint8 view of the mmap passed to
-`linear()`, which decodes blocks inside the matmul. Activations are float32, shape (n, features).
+`linear()`, which decodes blocks inside the matmul (one token: the type's matvec kernel, called
+directly; q/k/v and gate/up, stored back to back, in one call each; the residual add fused with
+the next norm). Activations are float32, shape (n, features).
 The KV cache is preallocated float32 (layers, kv_heads, ctx, head_dim): one head's keys are a
 contiguous (positions, head_dim) block, which suits both BLAS (prompt) and the decode kernel.
 The kernels, weight views, KV cache and attention dispatch are shared with the other
@@ -25,9 +27,10 @@ from numba import njit
 from ..errors import ModelError
 from ..runtime.blas import blas_get_threads
 # shared pieces, also exported from here (tests and tools import them from ggq.models.llama)
-from .base import (PARALLEL_ATTENTION_MIN, DecoderModel, Matrix, _vector, attention_blas,  # noqa: F401
-                   causal_mask, check_heads, kv_cache, lazy_zeros, metadata_getter, rmsnorm, rope_inplace,
-                   rope_inv_freq, rope_store_attend, rope_store_attend_par, rope_tables, store_kv, vector)
+from .base import (NO_NORM, PARALLEL_ATTENTION_MIN, DecoderModel, Matrix, Stacked, _vector,  # noqa: F401
+                   add_rmsnorm, attention_blas, causal_mask, check_heads, kv_cache, lazy_zeros, metadata_getter,
+                   rmsnorm, rope_inplace, rope_inv_freq, rope_store_attend, rope_store_attend_par, rope_tables,
+                   store_kv, vector)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +96,7 @@ def silu_mul(g, u):
 # the model
 
 class Layer:
-    __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "gate", "up", "down")
+    __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "gate", "up", "down", "qkv", "gate_up")
 
 
 class Llama(DecoderModel):
@@ -119,6 +122,7 @@ class Llama(DecoderModel):
             L.gate = Matrix(reader, p + "ffn_gate.weight", (cfg.ffn_dim, d), source)
             L.up = Matrix(reader, p + "ffn_up.weight", (cfg.ffn_dim, d), source)
             L.down = Matrix(reader, p + "ffn_down.weight", (d, cfg.ffn_dim), source)
+            L.qkv, L.gate_up = Stacked(L.wq, L.wk, L.wv), Stacked(L.gate, L.up)  # one call each in decode
             self.layers.append(L)
         self._finish_init(n_ctx, use_mmap)
         self.cos, self.sin = rope_tables(self.n_ctx, rope_inv_freq(hd, cfg.rope_base, cfg.rope_scaling))
@@ -137,16 +141,15 @@ class Llama(DecoderModel):
             mask, blas_n = causal_mask(start_pos, n), blas_get_threads() or 1
 
         x = self._embed(tokens)
-        for li, L in enumerate(self.layers):
-            h = rmsnorm(x, L.attn_norm, cfg.eps)
-            q = np.ascontiguousarray(L.wq(h))
-            k = np.ascontiguousarray(L.wk(h))
-            v = np.ascontiguousarray(L.wv(h))
+        # each layer ends with the next layer's input norm (the last one with the output norm)
+        next_norms = [L.attn_norm for L in self.layers[1:]] + [self.output_norm]
+        h = rmsnorm(x, self.layers[0].attn_norm, cfg.eps)
+        for li, (L, next_norm) in enumerate(zip(self.layers, next_norms)):
+            q, k, v = L.qkv(h)
             a = self._attend(li, q, k, v, cos, sin, start_pos, self.scale, 0, mask, blas_n)
-            x = x + L.wo(a)
-            h = rmsnorm(x, L.ffn_norm, cfg.eps)
-            x = x + L.down(silu_mul(np.ascontiguousarray(L.gate(h)), np.ascontiguousarray(L.up(h))))
+            h = add_rmsnorm(x, L.wo(a), L.ffn_norm, cfg.eps, NO_NORM)          # x += Wo a; h = norm(x)
+            g, u = L.gate_up(h)
+            h = add_rmsnorm(x, L.down(silu_mul(g, u)), next_norm, cfg.eps, NO_NORM)
         if not all_logits:
-            x = np.ascontiguousarray(x[-1:])
-        x = rmsnorm(x, self.output_norm, cfg.eps)
-        return np.asarray(self.output(x), dtype=np.float32)
+            h = np.ascontiguousarray(h[-1:])
+        return np.asarray(self.output(h), dtype=np.float32)

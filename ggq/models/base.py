@@ -162,13 +162,18 @@ def _rope_store_attend(q, k, v, cos, sin, cache_k, cache_v, start, n_heads, n_kv
         t0 = 0
         if window > 0 and T > window:
             t0 = T - window
+        # 1-D views: the inner loops then index plain rows (3x faster than 2-D/3-D indexing
+        # here, same operations in the same order, so the same bits)
+        keys, values = cache_k[g], cache_v[g]
+        qh = q[i, h * head_dim:(h + 1) * head_dim]
+        o = out[i, h * head_dim:(h + 1) * head_dim]
         s = np.empty(T - t0, dtype=np.float32)
-        qo = h * head_dim
         m = -np.inf
         for t in range(t0, T):
+            kt = keys[t]
             acc = np.float32(0.0)
             for j in range(head_dim):
-                acc += q[i, qo + j] * cache_k[g, t, j]
+                acc += qh[j] * kt[j]
             acc *= scale
             s[t - t0] = acc
             if acc > m:
@@ -178,14 +183,15 @@ def _rope_store_attend(q, k, v, cos, sin, cache_k, cache_v, start, n_heads, n_kv
             e = np.exp(s[t] - m)
             s[t] = e
             tot += e
-        acc_v = np.zeros(head_dim, dtype=np.float32)
+        o[:] = 0
         for t in range(t0, T):
             p = s[t - t0]
+            vt = values[t]
             for j in range(head_dim):
-                acc_v[j] += p * cache_v[g, t, j]
+                o[j] += p * vt[j]
         inv = np.float32(1.0) / tot
         for j in range(head_dim):
-            out[i, qo + j] = acc_v[j] * inv
+            o[j] *= inv
     return out
 
 

@@ -15,6 +15,9 @@ For each file, one token per forward pass (as `ggq bench`'s tg test):
   how the engine calls them). overhead = step - kernel: everything else (Python, dispatch,
   launches, small kernels, attention, norms, allocation). Attention and norms are small at
   these positions and are counted as overhead on purpose: they are what fusing removes.
+- empty: the step again with every matvec kernel replaced by one that only zeroes its output
+  (serial, no parallel region): the engine's own cost around the matvecs (Python, dispatch,
+  norms, attention) without their arithmetic and region launches. Steadier than overhead.
 
 The machine is shared and noisy: compare runs made close together, look at medians.
 """
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -111,6 +115,27 @@ def launch_floor(name: str, loops: int = 500) -> float:
     return statistics.median(best)
 
 
+@njit(cache=True)
+def _zero_matvec(w, x, y):
+    for i in range(y.size):
+        y[i] = 0.0
+
+
+def empty_step_times(path: str, threads: int, n: int, rounds: int) -> list[float]:
+    """step_times of a model loaded while MATVEC holds _zero_matvec for every type."""
+    saved = dict(MATVEC)
+    for k in saved:
+        MATVEC[k] = _zero_matvec
+    try:
+        model = ggq.load(path, n_ctx=max(256, n + 16), threads=threads, log=None)
+        try:
+            return step_times(model, n, rounds)
+        finally:
+            model.close()
+    finally:
+        MATVEC.update(saved)
+
+
 def profile(path: str, threads: int, n: int, rounds: int, repeats: int) -> dict:
     """Rounds alternate the step timing, the sweep and the floors, so that the machine's load
     changes hit all three alike."""
@@ -137,7 +162,8 @@ def profile(path: str, threads: int, n: int, rounds: int, repeats: int) -> dict:
                 "sweep_ms": sw * 1e3, "calls": len(calls),
                 "floor_us": {k: statistics.median(v) * 1e6 for k, v in floors.items()},
                 "kernel_ms": kern * 1e3, "overhead_ms": (step - kern) * 1e3,
-                "overhead_pct": 100 * (step - kern) / step}
+                "overhead_pct": 100 * (step - kern) / step,
+                "empty_ms": statistics.median(empty_step_times(path, threads, n, rounds)) * 1e3}
     finally:
         model.close()
 
@@ -151,14 +177,14 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=32, help="matvec sweeps timed")
     a = ap.parse_args(argv)
     print("| file | ms/token (p10-p90) | tok/s | matvec sweep ms (calls) | launch floor µs/call "
-          "| kernel ms | overhead ms | overhead % |")
-    print("|---|---:|---:|---:|---|---:|---:|---:|")
+          "| kernel ms | overhead ms | overhead % | empty ms |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|")
     for f in a.files:
         r = profile(f, a.threads, a.n_gen, a.rounds, a.repeats)
         fl = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["floor_us"].items()))
         print(f"| {r['file']} | {r['step_ms']:.2f} ({r['step_p10_ms']:.2f}-{r['step_p90_ms']:.2f}) "
               f"| {r['tok_s']:.1f} | {r['sweep_ms']:.2f} ({r['calls']}) | {fl} | {r['kernel_ms']:.2f} "
-              f"| {r['overhead_ms']:.2f} | {r['overhead_pct']:.0f} |", flush=True)
+              f"| {r['overhead_ms']:.2f} | {r['overhead_pct']:.0f} | {r['empty_ms']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

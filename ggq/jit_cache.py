@@ -108,41 +108,60 @@ def numba_ready() -> None:
 class Precompiler:
     """Compile kernels in a helper process while this one goes on (a cold Numba cache only:
     compiling is single-threaded and holds the GIL, so a second core is the only way to overlap
-    it). The helper saves each kernel to Numba's disk cache; after wait(), this process's first
-    call of such a kernel loads it from there instead of compiling it again. Today's work list:
-    the decode matvec kernels of the named quant types (ggq.kernels.warm), compiled in the order
-    given. A failed or slow helper costs nothing but its CPU time: without it the kernels
-    compile where they are first called, as before."""
+    it). The helper saves each kernel to Numba's disk cache, where this process's first call of
+    it finds it (then it loads in milliseconds instead of compiling for a second). Tasks as
+    ggq.kernels.warm takes them ("mv:Q4_K", "mm:Q6_K"), done in the order given: give them in
+    the reverse order of this process's first use, and the two processes meet in the middle.
+    A failed or slow helper costs nothing but its CPU time: what it did not save compiles here
+    when first called, as it would without it."""
 
-    def __init__(self, matvec_names, env=None):
+    def __init__(self, tasks, env=None):
         import subprocess
 
-        self.names = list(matvec_names)
+        self.tasks = list(tasks)
         code = ("import sys\n"
                 "from ggq.jit_cache import numba_without_scipy\n"
                 "with numba_without_scipy():\n"
                 "    import numba\n"
                 "    numba.set_num_threads(1)\n"
                 "    import ggq.kernels as k\n"
-                "    k.warm(sys.argv[1:], lambda n: print(n, flush=True))\n")
+                "    k.warm(sys.argv[1:], lambda t: print(t, flush=True))\n")
         env = dict(os.environ if env is None else env)
         root = str(Path(__file__).resolve().parent.parent)  # this ggq, wherever it was imported from
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        self.proc = subprocess.Popen([sys.executable, "-c", code, *self.names], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-c", code, *self.tasks], env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
 
-    def wait(self, timeout: float | None = 120.0) -> bool:
-        """Wait for the helper to finish (True if it compiled everything). On a timeout the
-        helper is stopped: whatever it did not save compiles in this process when first used."""
-        import subprocess
+    def wait(self, timeout: float | None = 300.0, steal: bool = False) -> bool:
+        """Wait for the helper to finish (True if it did every task). steal=True: meanwhile
+        this process does the helper's last tasks itself, from the end, while at least two
+        are left (the helper works on the first one left), so both cores work to the end; the
+        helper finds those in the cache when it gets there. On a timeout the helper is
+        stopped: whatever it did not save compiles here when first used."""
+        import threading
+        import time
 
-        try:
-            out, _ = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        done: list[str] = []
+        reader = threading.Thread(target=lambda: done.extend(ln.strip() for ln in self.proc.stdout),
+                                  daemon=True)
+        reader.start()
+        left = list(self.tasks)
+        end = None if timeout is None else time.monotonic() + timeout
+        if steal:
+            from .kernels import warm
+
+            while reader.is_alive():
+                left = [t for t in left if t not in done]
+                if len(left) < 2 or (end is not None and time.monotonic() > end):
+                    break
+                warm([left.pop()])
+        reader.join(None if end is None else max(0.0, end - time.monotonic()))
+        if reader.is_alive():
             self.close()
             return False
-        return self.proc.returncode == 0 and out.split() == self.names
+        self.proc.wait()
+        return self.proc.returncode == 0 and set(done) == set(self.tasks)
 
     def close(self) -> None:
         """Stop the helper if it still runs (a half-written cache entry is never used: Numba

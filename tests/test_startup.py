@@ -44,7 +44,7 @@ def test_cold_cache_helper_compiles_matvecs_for_this_process(tmp_path):
     out = _py("from ggq.kernels import MATVEC, matvec_args, uncached_matvecs\n"
               "from ggq.jit_cache import Precompiler\n"
               "print(uncached_matvecs(['Q8_0', 'Q8_0']))\n"
-              "h = Precompiler(['Q8_0'])\n"
+              "h = Precompiler(['mv:Q8_0'])\n"
               "print(h.wait(300))\n"
               "print(uncached_matvecs(['Q8_0']))\n"
               "d = MATVEC['Q8_0']\n"

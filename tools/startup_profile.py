@@ -59,7 +59,9 @@ def _patch_dispatcher(mod):
             child = stack.pop()
             if stack:
                 stack[-1] += dt
-            if len(self.overloads) != n0:   # a new overload: loaded or compiled
+            if len(self.overloads) != n0 and not any(   # a new overload: loaded or compiled
+                    e["disp"] == id(self) and e["sig"] == str(sig)[:120] for e in events):
+                # (a second thread that waited for the same compile adds nothing)
                 hit = sum(self._cache_hits.values()) > hits0
                 llvm = None
                 if not hit:
@@ -69,7 +71,7 @@ def _patch_dispatcher(mod):
                     except Exception:
                         pass
                 f = self.py_func
-                events.append({"kernel": f"{f.__module__}.{f.__qualname__}", "hit": hit,
+                events.append({"kernel": f"{f.__module__}.{f.__qualname__}", "hit": hit, "disp": id(self),
                                "total": dt, "self": dt - child, "llvm": llvm,
                                "parallel": bool(self.targetoptions.get("parallel")),
                                "at": time.time(), "sig": str(sig)[:120]})

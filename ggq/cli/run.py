@@ -15,35 +15,47 @@ def _log(msg: str) -> None:
     click.echo(f"ggq: {msg}", err=True)
 
 
-def _load(model, ctx, threads, no_mmap=False):
+def _load(model, ctx, threads, no_mmap=False, then=None):
+    """ggq.load, then then(model) if given, then Numba's CPU target initialised (rather than in
+    the first kernel call: meanwhile a big tokenizer still builds in its thread)."""
     from ..api import load
     from ..jit_cache import numba_ready, numba_without_scipy
 
     with numba_without_scipy():  # this process is ours: spare Numba's SciPy imports
         m = load(model, n_ctx=ctx, threads=threads, log=_log, use_mmap=not no_mmap)
-        numba_ready()  # here rather than in the first kernel call (the tokenizer may still build)
+        if then is not None:
+            then(m)
+        numba_ready()
     return m
 
 
-def _decode_kernel_order(llama) -> list[str]:
-    """The quant types of the matvec kernels one decode step calls, in the order it first calls
-    them (the layers' matrices, then the output)."""
+def _kernel_tasks(llama, n_prompt: int) -> tuple[list[str], list[str]]:
+    """The weight kernels a run calls, in the order it first calls them, as ggq.kernels.warm's
+    tasks: (the prompt's: "mm:TYPE" per layer matrix type, then "mv:" for the output row, all
+    "mv:" for a prompt of a few rows, which runtime.linear runs row by row; the decode step's
+    others: "mv:TYPE")."""
+    from ..runtime import linear
+
     mats = list(llama.matrices())
     out = getattr(llama, "output", mats[0])
-    names = []
-    for m in [x for x in mats if x is not mats[0] and x is not out] + [out]:
-        q = m.qtype if isinstance(m.qtype, str) else m.qtype.name
-        if q.upper() not in names:
-            names.append(q.upper())
-    return names
+    layer = [x for x in mats if x is not mats[0] and x is not out]
+
+    def name(m):
+        return (m.qtype if isinstance(m.qtype, str) else m.qtype.name).upper()
+
+    batch = "mv" if n_prompt <= getattr(linear, "MATVEC_ROWS_MAX", 1) else "mm"
+    prompt = list(dict.fromkeys([f"{batch}:{name(m)}" for m in layer] + [f"mv:{name(out)}"]))
+    decode = [t for t in dict.fromkeys(f"mv:{name(m)}" for m in layer) if t not in prompt]
+    return prompt, decode
 
 
-def _precompile_decode(m):
-    """On a cold Numba cache, a helper process compiling the decode step's matvec kernels while
-    this one evaluates the prompt (wait() on it before the first decode step), or None: one
-    core only, GGQ_PRECOMPILE=0, or nothing to compile. The helper takes them in the reverse
-    order of first use, so that where this process needs them early too (a prompt of a few
-    tokens) the two meet in the middle instead of compiling the same kernel."""
+def _precompile(m, n_prompt):
+    """On a cold Numba cache, a helper process compiling the weight kernels of this run (wait()
+    on it before the first decode step; n_prompt() gives the prompt's length), or None: one
+    core only, GGQ_PRECOMPILE=0, or the decode kernels already cached. The helper takes the prompt's kernels in the reverse order of
+    their first use while this process compiles them from the front (they meet in the middle),
+    then the decode step's; when this process is done with the prompt, it compiles the decode
+    kernels the helper has not started, from the other end (Precompiler.wait)."""
     import os
 
     if os.environ.get("GGQ_PRECOMPILE", "1") == "0":
@@ -55,11 +67,14 @@ def _precompile_decode(m):
         if (os.cpu_count() or 1) < 2:
             return None
     try:
-        from ..kernels import uncached_matvecs
         from ..jit_cache import Precompiler
+        from ..kernels import uncached_matvecs
 
-        todo = uncached_matvecs(_decode_kernel_order(m.llama)[::-1])
-        return Precompiler(todo) if todo else None
+        prompt, decode = _kernel_tasks(m.llama, 1)
+        if not uncached_matvecs([t[3:] for t in prompt + decode]):
+            return None  # warm cache
+        prompt, decode = _kernel_tasks(m.llama, n_prompt())
+        return Precompiler(prompt[::-1] + decode[::-1])
     except Exception:  # pragma: no cover - a model class without matrices(): no helper
         return None
 
@@ -110,10 +125,19 @@ def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, 
         raise UsageError("no prompt: give -p TEXT or -f FILE")
     if system is not None and not chat:
         chat = True  # a system message only makes sense in a chat
-    m = _load(model, ctx_size, threads, no_mmap)
-    m.llama.set_exact(exact)
-    helper = None if exact or max_tokens in (0, 1) else _precompile_decode(m)
+    helpers = []
+
+    def precompile(m):
+        if not exact and max_tokens != 0:
+            try:
+                helpers.append(_precompile(m, lambda: len(m.prompt_ids(prompt, chat, system))))
+            except Exception:  # a bad prompt: generate() below says what is wrong
+                pass
+
     try:
+        m = _load(model, ctx_size, threads, no_mmap, then=precompile)
+        helper = helpers[0] if helpers else None
+        m.llama.set_exact(exact)
         src = getattr(m.tokenizer, "chat_template_source", "file")
         if chat and src not in (None, "file"):
             _log(f"{m.path.name} has no chat template; using the {src} one")
@@ -127,13 +151,14 @@ def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, 
             out.write(piece)
             out.flush()
             if helper is not None:  # the next piece needs a decode step: its kernels are cached now
-                helper.wait()
+                helper.wait(steal=True)
                 helper = None
         out.write("\n")
         out.flush()
     finally:
-        if helper is not None:
-            helper.close()
+        for h in helpers:
+            if h is not None:
+                h.close()
     st = m.stats
     ttft = f"{first * 1000:.0f} ms" if first is not None else "-"
     _log(f"{m.path.name}: load {st.load_s * 1000:.0f} ms | prompt {st.prompt_tokens} tok "

@@ -77,13 +77,25 @@ def uncached_matvecs(names) -> list[str]:
     return out
 
 
-def warm(names, report=None) -> None:
-    """Compile (or load) MATVEC[name] for each name, in order; report(name) after each."""
-    for name in names:
-        if name in MATVEC:
-            MATVEC[name](*matvec_args(name))
-            if report:
-                report(name)
+def warm(tasks, report=None) -> None:
+    """Compile (or load) kernels ahead of use, in order; report(task) after each. A task is
+    "mv:NAME" (MATVEC[NAME], the decode step's kernel) or "mm:NAME" (whatever
+    runtime.linear runs for a batch of 8 rows of a NAME weight: the prompt's kernels)."""
+    for task in tasks:
+        kind, _, name = task.partition(":")
+        if name not in BLOCK:
+            continue
+        w, x, y = matvec_args(name)
+        if kind == "mv" and name in MATVEC:
+            MATVEC[name](w, x, y)
+        elif kind == "mm":
+            from ..runtime.linear import linear
+
+            linear(name, w.view(np.uint8), x.size, np.zeros((8, x.size), np.float32))
+        else:
+            continue
+        if report:
+            report(task)
 
 
 __all__ = ["MATVEC", "DEQUANT", "INT8_ACTIVATIONS", "BLOCK", "matvec_args", "uncached_matvecs", "warm"]

@@ -60,6 +60,14 @@ GEMMA_CHAT_TEMPLATE = (
 )
 
 
+# A tokenizer JSON at least this long (a real model's: SmolLM2's is 1.4 MB) is parsed in a
+# thread: `tokenizers` releases the GIL meanwhile, and the ~0.1 s overlap with what a command
+# does next (Numba starting its CPU target, see ggq.cli.run). Smaller ones (tests' toy
+# vocabularies) are parsed at once. Either way the same TokenizerError, only later for a big one:
+# at its first use.
+BACKGROUND_MIN_CHARS = 1 << 16
+
+
 class Tokenizer:
     def __init__(self, metadata: dict, source: str = "model"):
         from tokenizers import Tokenizer as HFTokenizer
@@ -67,36 +75,90 @@ class Tokenizer:
         js = metadata.get("tokenizer.huggingface.json")
         if not js:
             raise TokenizerError(f"{source}: no embedded tokenizer (metadata tokenizer.huggingface.json)")
-        try:
-            self._tok = HFTokenizer.from_str(js)
-        except Exception as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise TokenizerError(f"{source}: embedded tokenizer is unusable: {msg}") from None
         self.source = source
-        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         bos = int(metadata.get("tokenizer.bos_token_id", -1))
         eos = int(metadata.get("tokenizer.eos_token_id", -1))
         self.bos_id = bos if bos >= 0 else None
         self.eos_id = eos if eos >= 0 else None
         self.add_bos = bool(metadata.get("tokenizer.add_bos_token", False)) and self.bos_id is not None
-        self.chat_template = metadata.get("tokenizer.chat_template") or None
-        # "file": the model's own template; "<family> (built-in)": ours; None: no template
-        self.chat_template_source = "file" if self.chat_template else None
+        self._template = metadata.get("tokenizer.chat_template") or None
+        self._state = None  # (HF tokenizer, vocab_size, special_ids, eog_ids, template, template source)
+        self._built: list = []  # the builder thread's result: [tokenizer] or [exception]
+        self._thread = None
+
+        def build():
+            try:
+                self._built.append(HFTokenizer.from_str(js))
+            except Exception as e:  # noqa: BLE001 - reported at first use
+                self._built.append(e)
+
+        if isinstance(js, str) and len(js) >= BACKGROUND_MIN_CHARS:
+            import threading
+
+            self._thread = threading.Thread(target=build, name="ggq-tokenizer", daemon=True)
+            self._thread.start()
+        else:
+            build()
+            self._ready()
+
+    def _ready(self) -> tuple:
+        """Wait for the tokenizer (built in a thread for a big one) and derive what needs it."""
+        if self._state is not None:
+            return self._state
+        if self._thread is not None:
+            self._thread.join()
+        got = self._built[0]
+        if isinstance(got, Exception):
+            msg = str(got).splitlines()[0] if str(got) else type(got).__name__
+            raise TokenizerError(f"{self.source}: embedded tokenizer is unusable: {msg}") from None
+        tok = got
         specials = set()
         try:
-            specials = {int(k) for k, t in self._tok.get_added_tokens_decoder().items() if t.special}
+            specials = {int(k) for k, t in tok.get_added_tokens_decoder().items() if t.special}
         except AttributeError:
             pass
-        self.special_ids = frozenset(specials)
+        special_ids = frozenset(specials)
         eog = {self.eos_id} if self.eos_id is not None else set()
         for text in _EOG_TEXTS:
-            i = self._tok.token_to_id(text)
+            i = tok.token_to_id(text)
             if i is not None and i in specials:
                 eog.add(i)
-        self.eog_ids = frozenset(eog)
-        if self.chat_template is None and self._is_special("<start_of_turn>") and \
-                self._is_special("<end_of_turn>"):
-            self.chat_template, self.chat_template_source = GEMMA_CHAT_TEMPLATE, "gemma (built-in)"
+        # "file": the model's own template; "<family> (built-in)": ours; None: no template
+        template, template_source = self._template, ("file" if self._template else None)
+
+        def is_special(text):
+            i = tok.token_to_id(text)
+            return i is not None and i in special_ids
+
+        if template is None and is_special("<start_of_turn>") and is_special("<end_of_turn>"):
+            template, template_source = GEMMA_CHAT_TEMPLATE, "gemma (built-in)"
+        self._state = (tok, tok.get_vocab_size(with_added_tokens=True), special_ids, frozenset(eog),
+                       template, template_source)
+        return self._state
+
+    @property
+    def _tok(self):
+        return self._ready()[0]
+
+    @property
+    def vocab_size(self) -> int:
+        return self._ready()[1]
+
+    @property
+    def special_ids(self) -> frozenset:
+        return self._ready()[2]
+
+    @property
+    def eog_ids(self) -> frozenset:
+        return self._ready()[3]
+
+    @property
+    def chat_template(self):
+        return self._ready()[4]
+
+    @property
+    def chat_template_source(self):
+        return self._ready()[5]
 
     def _is_special(self, text: str) -> bool:
         i = self._tok.token_to_id(text)

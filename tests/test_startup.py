@@ -79,3 +79,32 @@ def test_parallel_matvec_same_result_compiled_or_loaded(tmp_path):
     compiled, loaded = np.load(tmp_path / "y0.npy"), np.load(tmp_path / "y1.npy")
     assert np.isfinite(compiled).all()
     np.testing.assert_array_equal(compiled, loaded)
+
+
+def test_fast_cache_loads_run_cached_kernels_and_still_compile_new_ones(tmp_path):
+    """numba_ready(fast_cache_loads=True) (the CLI's): a cached kernel loads and gives the same
+    result without Numba's target refresh; a kernel that is not cached still compiles."""
+    code = ("import sys, numpy as np\n"
+            "from ggq.jit_cache import numba_ready, numba_without_scipy\n"
+            "with numba_without_scipy():\n"
+            "    from ggq.kernels import MATVEC, matvec_args\n"
+            "    if sys.argv[1] == 'fast':\n"
+            "        numba_ready(fast_cache_loads=True)\n"
+            "w, x, y = matvec_args('Q4_0')\n"
+            "w = np.arange(w.size, dtype=np.uint8).reshape(w.shape) % 7; w.flags.writeable = False\n"
+            "x = np.linspace(-1, 1, x.size).astype(np.float32)\n"
+            "MATVEC['Q4_0'](w, x, y)\n"
+            "d = MATVEC['Q4_0']\n"
+            "from numba import njit\n"
+            "print(sum(d._cache_hits.values()), njit(lambda a: a.sum() * 2)(np.ones(3)), y.tolist())\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+
+    def run(mode):
+        r = subprocess.run([sys.executable, "-c", code, mode], env=env, cwd=str(ROOT), capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split(" ", 2)
+
+    hits0, s0, y0 = run("plain")  # compiles and saves
+    hits1, s1, y1 = run("fast")   # loads
+    assert (hits0, hits1, s0, s1) == ("0", "1", "6.0", "6.0") and y0 == y1

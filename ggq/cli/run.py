@@ -25,7 +25,7 @@ def _load(model, ctx, threads, no_mmap=False, then=None):
         m = load(model, n_ctx=ctx, threads=threads, log=_log, use_mmap=not no_mmap)
         if then is not None:
             then(m)
-        numba_ready()
+        numba_ready(fast_cache_loads=True)
     return m
 
 

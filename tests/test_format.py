@@ -327,3 +327,16 @@ def test_crc_check_value():
     # spec section 8: CRC-32/ISO-HDLC check value
     assert zlib.crc32(b"123456789") == 0xCBF43926
     assert struct.calcsize("<8sHHIIIQQQQII") == L.HEADER_SIZE == 64
+
+
+def test_writer_refuses_nul_in_key_or_name(tmp_path):
+    """spec/FORMAT.md section 1: keys and tensor names never contain U+0000 (rule 8); values may."""
+    w = GGQWriter(tmp_path / "x.ggq")
+    with pytest.raises(FormatError, match="NUL"):
+        w.add_metadata("a\0b", 1)
+    with pytest.raises(FormatError, match="NUL"):
+        w.add_tensor("t\0", "F32", (4,))
+    w.add_metadata("k", "value with \0 and \ufeff kept")
+    w.close()
+    with GGQReader(tmp_path / "x.ggq") as r:
+        assert r.metadata["k"] == "value with \0 and \ufeff kept"

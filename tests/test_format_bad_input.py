@@ -2,6 +2,7 @@
 
 Files are built by patching a valid file's header/table fields and then re-computing the
 header CRC, so that the structural check under test (not the checksum) is what fires."""
+import re
 import struct
 import zlib
 
@@ -68,6 +69,7 @@ def _reject(tmp_path, data: bytes, match: str):
         GGQReader(p)
     msg = str(ei.value)
     assert "bad.ggq" in msg and "\n" not in msg
+    assert re.search(r" \[rule (1[0-3]|[1-9])\]$", msg), msg  # spec/FORMAT.md section 9 rule
     return msg
 
 

@@ -56,13 +56,14 @@ class _Cursor:
         self.buf, self.path, self.section, self.base = buf, path, section, base
         self.pos = 0
 
-    def fail(self, what: str) -> FormatError:
-        return FormatError(f"{self.path}: {self.section} at byte {self.base + self.pos}: {what}")
+    def fail(self, what: str, rule: int) -> FormatError:
+        return FormatError(f"{self.path}: {self.section} at byte {self.base + self.pos}: {what} "
+                           f"[rule {rule}]")
 
     def need(self, n: int, what: str) -> None:
         if n > len(self.buf) - self.pos:
             raise self.fail(f"{what} needs {n} bytes but the {self.section} has only "
-                            f"{len(self.buf) - self.pos} left")
+                            f"{len(self.buf) - self.pos} left", 7)
 
     def take(self, n: int, what: str) -> memoryview:
         self.need(n, what)
@@ -76,12 +77,16 @@ class _Cursor:
     def u64(self, what: str) -> int:
         return _U64.unpack(self.take(8, what))[0]
 
-    def utf8(self, n: int, what: str) -> str:
+    def utf8(self, n: int, what: str, rule: int) -> str:
+        """n bytes of strict UTF-8 (Python's codec rejects overlong forms, encoded surrogates
+        and code points above U+10FFFF, as RFC 3629 does)."""
+        start = self.pos
         raw = self.take(n, what)
         try:
             return bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
-            raise self.fail(f"{what} is not valid UTF-8") from None
+            self.pos = start
+            raise self.fail(f"{what} is not valid UTF-8", rule) from None
 
 
 def _read_scalar(cur: _Cursor, vt: int, what: str):
@@ -90,7 +95,7 @@ def _read_scalar(cur: _Cursor, vt: int, what: str):
     v = struct.unpack(fmt, cur.take(size, what))[0]
     if vt == L.BOOL:
         if v > 1:
-            raise cur.fail(f"{what}: bool value {v} is not 0 or 1")
+            raise cur.fail(f"{what}: bool value {v} is not 0 or 1", 9)
         return bool(v)
     return v
 
@@ -98,8 +103,8 @@ def _read_scalar(cur: _Cursor, vt: int, what: str):
 def _read_string(cur: _Cursor, what: str) -> str:
     n = cur.u32(f"{what} length")
     if n > L.MAX_STRING_BYTES:
-        raise cur.fail(f"{what}: string length {n} exceeds the limit {L.MAX_STRING_BYTES}")
-    return cur.utf8(n, what)
+        raise cur.fail(f"{what}: string length {n} exceeds the limit {L.MAX_STRING_BYTES}", 9)
+    return cur.utf8(n, what, 9)
 
 
 def _read_value(cur: _Cursor, vt: int, what: str):
@@ -109,24 +114,28 @@ def _read_value(cur: _Cursor, vt: int, what: str):
         return _read_string(cur, what)
     if vt == L.ARRAY:
         et = cur.take(1, f"{what} element type")[0]
+        if et not in L.SCALAR_FORMATS and et != L.STRING:  # checked even when count is 0
+            cur.pos -= 1
+            raise cur.fail(f"{what}: unsupported array element type {et}"
+                           + (" (arrays of arrays do not exist)" if et == L.ARRAY else ""), 9)
         count = cur.u32(f"{what} count")
         if count > L.MAX_ARRAY_COUNT:
-            raise cur.fail(f"{what}: array count {count} exceeds the limit {L.MAX_ARRAY_COUNT}")
+            raise cur.fail(f"{what}: array count {count} exceeds the limit {L.MAX_ARRAY_COUNT}", 9)
         if et in L.SCALAR_FORMATS:
             _, dt, _ = L.SCALAR_FORMATS[et]
             raw = cur.take(count * np.dtype(dt).itemsize, f"{what} ({count} elements)")
             arr = np.frombuffer(raw, dtype=dt, count=count)
             if et == L.BOOL:
                 if count and int(arr.max()) > 1:
-                    raise cur.fail(f"{what}: bool array holds a value other than 0 or 1")
+                    i = int(np.argmax(arr > 1))
+                    raise cur.fail(f"{what}: bool array element {i} is {int(arr[i])}, not 0 or 1", 9)
                 return [bool(x) for x in arr]
             return arr.tolist()
         if et == L.STRING:
             # each string needs at least its 4-byte length: bound count before looping
             cur.need(4 * count, f"{what} ({count} strings)")
             return [_read_string(cur, f"{what}[{i}]") for i in range(count)]
-        raise cur.fail(f"{what}: unsupported array element type {et}")
-    raise cur.fail(f"{what}: unknown value type {vt}")
+    raise cur.fail(f"{what}: unknown value type {vt}", 9)
 
 
 def _read_metadata(cur: _Cursor, count: int) -> tuple[dict, dict]:
@@ -135,20 +144,23 @@ def _read_metadata(cur: _Cursor, count: int) -> tuple[dict, dict]:
     for i in range(count):
         klen = cur.u32(f"key #{i} length")
         if not 1 <= klen <= L.MAX_KEY_BYTES:
-            raise cur.fail(f"key #{i} length {klen} is outside 1..{L.MAX_KEY_BYTES}")
-        key = cur.utf8(klen, f"key #{i}")
-        if key in meta:
-            raise cur.fail(f"duplicate metadata key {key!r}")
+            raise cur.fail(f"key #{i} length {klen} is outside 1..{L.MAX_KEY_BYTES}", 8)
+        key = cur.utf8(klen, f"key #{i}", 8)
+        if "\0" in key:
+            raise cur.fail(f"key #{i} {key!r} contains a NUL character", 8)
+        if key in meta:  # code points equal <=> UTF-8 bytes equal: a byte comparison
+            raise cur.fail(f"duplicate metadata key {key!r}", 8)
         vt = cur.take(1, f"value type of {key!r}")[0]
         if vt not in L.VTYPE_NAMES:
-            raise cur.fail(f"{key!r}: unknown value type {vt}")
+            cur.pos -= 1
+            raise cur.fail(f"{key!r}: unknown value type {vt}", 9)
         if vt == L.ARRAY:
             et = cur.buf[cur.pos] if cur.pos < len(cur.buf) else None
         meta[key] = _read_value(cur, vt, repr(key))
         types[key] = (f"array[{L.VTYPE_NAMES[et]}]" if vt == L.ARRAY else L.VTYPE_NAMES[vt])
     if cur.pos != len(cur.buf):
         raise cur.fail(f"{len(cur.buf) - cur.pos} unused bytes after the last metadata entry "
-                       f"(metadata_size disagrees with the entries)")
+                       f"(metadata_size disagrees with the entries)", 7)
     return meta, types
 
 
@@ -176,8 +188,9 @@ class GGQReader:
             raise
 
     # -- parsing --------------------------------------------------------------------
-    def _fail(self, what: str) -> FormatError:
-        return FormatError(f"{self.path}: {what}")
+    def _fail(self, what: str, rule: int) -> FormatError:
+        """One line naming the file, the problem and the rule of spec/FORMAT.md section 9."""
+        return FormatError(f"{self.path}: {what} [rule {rule}]")
 
     def _open(self, check_header_crc: bool) -> None:
         size = os.fstat(self._file.fileno()).st_size
@@ -185,51 +198,51 @@ class GGQReader:
         if size < L.HEADER_SIZE:
             head = self._file.read(8)
             if len(head) >= 4 and not L.MAGIC.startswith(head[: len(L.MAGIC)]):
-                raise self._fail("not a .ggq file (bad magic)")
-            raise self._fail(f"truncated: {size} bytes is shorter than the {L.HEADER_SIZE}-byte header")
+                raise self._fail("not a .ggq file (bad magic)", 1)
+            raise self._fail(f"truncated: {size} bytes is shorter than the {L.HEADER_SIZE}-byte header", 1)
         self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         mm = self._mm
         (magic, major, minor, alignment, n_meta, n_tensors, meta_size, table_size,
          data_offset, data_size, header_crc, flags) = L.HEADER.unpack_from(mm, 0)
         if magic != L.MAGIC:
             if magic[:4] == b"GGUF":
-                raise self._fail("bad magic: this is a GGUF file, not .ggq (convert it with `ggq convert`)")
-            raise self._fail(f"not a .ggq file (bad magic {magic!r})")
+                raise self._fail("bad magic: this is a GGUF file, not .ggq (convert it with `ggq convert`)", 1)
+            raise self._fail(f"not a .ggq file (bad magic {magic!r})", 1)
         if major != L.VERSION_MAJOR:
             raise self._fail(f"unsupported format version {major}.{minor} "
-                             f"(this reader understands major version {L.VERSION_MAJOR})")
+                             f"(this reader understands major version {L.VERSION_MAJOR})", 2)
         self.version = (major, minor)
         self.flags = flags
         if not L.valid_alignment(alignment):
             raise self._fail(f"bad alignment {alignment} (must be a power of two in "
-                             f"{L.MIN_ALIGNMENT}..{L.MAX_ALIGNMENT})")
+                             f"{L.MIN_ALIGNMENT}..{L.MAX_ALIGNMENT})", 3)
         self.alignment = alignment
         if n_meta > L.MAX_METADATA_COUNT:
-            raise self._fail(f"metadata count {n_meta} exceeds the limit {L.MAX_METADATA_COUNT}")
+            raise self._fail(f"metadata count {n_meta} exceeds the limit {L.MAX_METADATA_COUNT}", 4)
         if n_tensors > L.MAX_TENSOR_COUNT:
-            raise self._fail(f"tensor count {n_tensors} exceeds the limit {L.MAX_TENSOR_COUNT}")
+            raise self._fail(f"tensor count {n_tensors} exceeds the limit {L.MAX_TENSOR_COUNT}", 4)
         if meta_size > L.MAX_METADATA_SIZE:
-            raise self._fail(f"metadata size {meta_size} exceeds the limit {L.MAX_METADATA_SIZE}")
+            raise self._fail(f"metadata size {meta_size} exceeds the limit {L.MAX_METADATA_SIZE}", 4)
         if table_size > L.MAX_TABLE_SIZE:
-            raise self._fail(f"tensor table size {table_size} exceeds the limit {L.MAX_TABLE_SIZE}")
+            raise self._fail(f"tensor table size {table_size} exceeds the limit {L.MAX_TABLE_SIZE}", 4)
         table_off = L.HEADER_SIZE + meta_size
         table_end = table_off + table_size
         if table_end > size:
             raise self._fail(f"truncated: metadata and tensor table end at byte {table_end} "
-                             f"but the file has {size} bytes")
+                             f"but the file has {size} bytes", 5)
         if data_offset != L.align_up(table_end, alignment):
             raise self._fail(f"data offset {data_offset} is not the tensor table end {table_end} "
-                             f"rounded up to the alignment {alignment}")
+                             f"rounded up to the alignment {alignment}", 5)
         if data_offset + data_size != size:
             if data_offset + data_size > size:
                 raise self._fail(f"truncated: data section ends at byte {data_offset + data_size} "
-                                 f"but the file has {size} bytes")
-            raise self._fail(f"{size - data_offset - data_size} unexpected bytes after the data section")
+                                 f"but the file has {size} bytes", 5)
+            raise self._fail(f"{size - data_offset - data_size} unexpected bytes after the data section", 5)
         self.data_offset, self.data_size = data_offset, data_size
         self.header_checksum = header_crc
         self.header_ok = self._header_crc() == header_crc
         if check_header_crc and not self.header_ok:
-            raise self._fail("header checksum mismatch (header, metadata or tensor table is corrupt)")
+            raise self._fail("header checksum mismatch (header, metadata or tensor table is corrupt)", 6)
 
         view = memoryview(mm)
         try:
@@ -253,22 +266,24 @@ class GGQReader:
         for i in range(count):
             nlen = cur.u32(f"tensor #{i} name length")
             if not 1 <= nlen <= L.MAX_NAME_BYTES:
-                raise cur.fail(f"tensor #{i} name length {nlen} is outside 1..{L.MAX_NAME_BYTES}")
-            name = cur.utf8(nlen, f"tensor #{i} name")
-            if name in tensors:
-                raise cur.fail(f"duplicate tensor name {name!r}")
+                raise cur.fail(f"tensor #{i} name length {nlen} is outside 1..{L.MAX_NAME_BYTES}", 8)
+            name = cur.utf8(nlen, f"tensor #{i} name", 8)
+            if "\0" in name:
+                raise cur.fail(f"tensor #{i} name {name!r} contains a NUL character", 8)
+            if name in tensors:  # code points equal <=> UTF-8 bytes equal: a byte comparison
+                raise cur.fail(f"duplicate tensor name {name!r}", 8)
             type_id = cur.u32(f"{name!r} type")
             ndims = cur.u32(f"{name!r} dimension count")
             if not 1 <= ndims <= L.MAX_DIMS:
-                raise cur.fail(f"tensor {name!r} has {ndims} dimensions (allowed 1..{L.MAX_DIMS})")
+                raise cur.fail(f"tensor {name!r} has {ndims} dimensions (allowed 1..{L.MAX_DIMS})", 10)
             shape = tuple(cur.u64(f"{name!r} dimension") for _ in range(ndims))
             n = 1
             for d in shape:
                 if not 1 <= d <= L.MAX_DIM:
-                    raise cur.fail(f"tensor {name!r} has dimension {d} (allowed 1..{L.MAX_DIM})")
+                    raise cur.fail(f"tensor {name!r} has dimension {d} (allowed 1..{L.MAX_DIM})", 10)
                 n *= d
             if n > L.MAX_ELEMENTS:
-                raise cur.fail(f"tensor {name!r} has {n} elements (limit {L.MAX_ELEMENTS})")
+                raise cur.fail(f"tensor {name!r} has {n} elements (limit {L.MAX_ELEMENTS})", 10)
             offset = cur.u64(f"{name!r} offset")
             nbytes = cur.u64(f"{name!r} byte length")
             crc = cur.u32(f"{name!r} checksum")
@@ -276,25 +291,27 @@ class GGQReader:
             if qt is not None:
                 if shape[-1] % qt.block_size:
                     raise cur.fail(f"tensor {name!r}: row length {shape[-1]} is not a multiple of "
-                                   f"the {qt.name} block size {qt.block_size}")
+                                   f"the {qt.name} block size {qt.block_size}", 11)
                 want = n // shape[-1] * (shape[-1] // qt.block_size) * qt.type_size
                 if nbytes != want:
                     raise cur.fail(f"tensor {name!r}: byte length {nbytes} disagrees with its "
-                                   f"{qt.name} shape {list(shape)} ({want} bytes)")
+                                   f"{qt.name} shape {list(shape)} ({want} bytes)", 11)
             if offset % self.alignment:
                 raise cur.fail(f"tensor {name!r}: offset {offset} is not a multiple of the "
-                               f"alignment {self.alignment}")
+                               f"alignment {self.alignment}", 12)
             if offset > self.data_size or nbytes > self.data_size - offset:
                 raise cur.fail(f"tensor {name!r}: bytes [{offset}, {offset + nbytes}) lie outside "
-                               f"the {self.data_size}-byte data section")
+                               f"the {self.data_size}-byte data section", 12)
             tensors[name] = TensorInfo(name, type_id, qt, shape, offset, nbytes, crc)
         if cur.pos != len(cur.buf):
             raise cur.fail(f"{len(cur.buf) - cur.pos} unused bytes after the last tensor entry "
-                           f"(table_size disagrees with the entries)")
-        spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors.values())
+                           f"(table_size disagrees with the entries)", 7)
+        # overlap = a shared byte: half-open [offset, offset + nbytes); a tensor of nbytes 0
+        # covers no byte, so it overlaps nothing (it may share its offset with another tensor)
+        spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors.values() if t.nbytes)
         for (s0, e0, a), (s1, e1, b) in zip(spans, spans[1:]):
             if s1 < e0:
-                raise self._fail(f"tensors {a!r} and {b!r} overlap in the data section")
+                raise self._fail(f"tensors {a!r} and {b!r} overlap in the data section", 12)
         return tensors
 
     # -- access ---------------------------------------------------------------------

@@ -196,6 +196,8 @@ class GGQWriter:
         kb = key.encode("utf-8")
         if not 1 <= len(kb) <= L.MAX_KEY_BYTES:
             raise self._fail(f"metadata key {key[:40]!r} must be 1..{L.MAX_KEY_BYTES} bytes")
+        if "\0" in key:
+            raise self._fail(f"metadata key {key[:40]!r} contains a NUL character")
         if key in self._keys:
             raise self._fail(f"duplicate metadata key {key!r}")
         try:
@@ -212,6 +214,8 @@ class GGQWriter:
         nb = name.encode("utf-8") if isinstance(name, str) else b""
         if not 1 <= len(nb) <= L.MAX_NAME_BYTES:
             raise self._fail(f"tensor name {str(name)[:40]!r} must be a string of 1..{L.MAX_NAME_BYTES} bytes")
+        if "\0" in name:
+            raise self._fail(f"tensor name {name[:40]!r} contains a NUL character")
         if name in self._by_name:
             raise self._fail(f"duplicate tensor name {name!r}")
         shape = tuple(int(s) for s in shape)

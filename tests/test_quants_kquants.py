@@ -1,8 +1,10 @@
 """K-quants (Q2_K..Q6_K): bytes vs gguf-py, quality vs absmax, imatrix, errors.
 
 References are independent of our code: gguf-py's numpy dequantizers, a plain-numpy absmax
-quantizer written here, and (when a C compiler and llama.cpp's source are present) llama.cpp's
-own ggml-quants.c compiled on the fly.
+quantizer written here, and llama.cpp's own ggml-quants.c compiled with the system C compiler
+(from LLAMACPP_SRC, else from the llama-cpp-python sdist fetched from PyPI once; both the
+sources and the library are cached under ggq's cache dir; skipped only without a compiler or
+a network).
 """
 from __future__ import annotations
 
@@ -199,12 +201,82 @@ def test_bad_input_raises_quant_error(name):
 
 # --------------------------------------------------------------------------- llama.cpp itself
 
+LLAMACPP_VERSION = "0.3.36"  # the llama-cpp-python sdist whose vendored ggml-quants.c is the reference
+_GGML = "vendor/llama.cpp/ggml/"
+_DOWNLOAD_TIMEOUT = 300  # seconds: pip download of the ~75 MB sdist (about 15 s on a normal link)
+_COMPILE_TIMEOUT = 300
+
+
 def _llamacpp_src():
+    """A llama.cpp checkout named by LLAMACPP_SRC (or found under /opt/llamacpp), else None."""
     cands = [os.environ.get("LLAMACPP_SRC", "")] + sorted(glob.glob("/opt/llamacpp/*/vendor/llama.cpp"))
     for c in cands:
         if c and os.path.isfile(os.path.join(c, "ggml/src/ggml-quants.c")):
             return c
     return None
+
+
+def _ref_cache_dir():
+    from ggq.default_model import cache_dir
+
+    d = cache_dir() / f"llamacpp-{LLAMACPP_VERSION}-quants"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _wanted(member: str) -> bool:
+    """The files ggml-quants.c needs: itself, ggml/include/*.h, ggml/src/*.h, ggml/src/ggml-cpu/*.h."""
+    if "/" not in member:
+        return False
+    rel = member.split("/", 1)[1]
+    if not rel.startswith(_GGML):
+        return False
+    rel = rel[len(_GGML):]
+    return rel == "src/ggml-quants.c" or (
+        rel.endswith(".h") and os.path.dirname(rel) in ("include", "src", "src/ggml-cpu"))
+
+
+def _fetch_llamacpp_src(cache) -> str:
+    """ggml-quants.c and its headers of llama-cpp-python==LLAMACPP_VERSION, fetched once from
+    PyPI with pip (sdist only, no dependencies) and unpacked into the cache; the ~75 MB sdist
+    is deleted once the ~1 MB we need is out. Skips the calling test when pip cannot fetch it
+    (no network)."""
+    import sys
+    import tarfile
+    import tempfile
+
+    root = cache / "src"
+    done = root / "ggml" / "src" / "ggml-quants.c"
+    if done.is_file():
+        return str(root)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--disable-pip-version-check", "-q", "--timeout", "60", "--retries", "2",
+               f"llama-cpp-python=={LLAMACPP_VERSION}", "-d", tmp]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=_DOWNLOAD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"llama-cpp-python {LLAMACPP_VERSION} sdist: download took over "
+                        f"{_DOWNLOAD_TIMEOUT} s (no usable network); set LLAMACPP_SRC to a llama.cpp checkout")
+        sdists = glob.glob(os.path.join(tmp, "*.tar.gz"))
+        if r.returncode or not sdists:
+            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            pytest.skip(f"cannot download the llama-cpp-python {LLAMACPP_VERSION} sdist from PyPI "
+                        f"(no network?): {last[:200]}; set LLAMACPP_SRC to a llama.cpp checkout")
+        staging = os.path.join(tmp, "src")
+        with tarfile.open(sdists[0]) as tf:
+            members = [m for m in tf.getmembers() if m.isfile() and _wanted(m.name)]
+            for m in members:
+                dest = os.path.join(staging, m.name.split("/", 1)[1][len("vendor/llama.cpp/"):])
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                with tf.extractfile(m) as fsrc, open(dest, "wb") as fdst:
+                    shutil.copyfileobj(fsrc, fdst)
+        if not os.path.isfile(os.path.join(staging, "ggml", "src", "ggml-quants.c")):
+            pytest.fail(f"llama-cpp-python {LLAMACPP_VERSION} sdist holds no {_GGML}src/ggml-quants.c")
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(staging, root)  # atomic: a half-unpacked tree never looks done
+    return str(root)
 
 
 _STUBS = r"""
@@ -224,21 +296,38 @@ size_t ggml_row_size(int t, int64_t n) {
 
 
 @pytest.fixture(scope="module")
-def ggml_ref(tmp_path_factory):
-    src = _llamacpp_src()
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if not src or not cc:
-        pytest.skip("llama.cpp source or a C compiler not available (set LLAMACPP_SRC)")
-    d = tmp_path_factory.mktemp("ggmlref")
-    (d / "stubs.c").write_text(_STUBS)
+def ggml_ref():
+    """llama.cpp's ggml-quants.c compiled into a shared library, cached in ggq's cache dir.
+    Source: LLAMACPP_SRC if set, else the llama-cpp-python sdist fetched from PyPI once.
+    Skipped only without a C compiler or without a network (and no cached build)."""
+    import hashlib
+
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        pytest.skip("no C compiler (cc, gcc or clang) to build llama.cpp's ggml-quants.c")
+    cache = _ref_cache_dir()
+    src = _llamacpp_src() or _fetch_llamacpp_src(cache)
     g = os.path.join(src, "ggml")
-    lib = d / "libkq.so"
     # -ffp-contract=off: no FMA fusion, i.e. plain IEEE float32 ops as in our port
-    r = subprocess.run([cc, "-O2", "-ffp-contract=off", "-fPIC", "-shared", f"-I{g}/include",
-                        f"-I{g}/src", f"-I{g}/src/ggml-cpu", f"{g}/src/ggml-quants.c",
-                        str(d / "stubs.c"), "-o", str(lib), "-lm"], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"could not build ggml-quants.c: {r.stderr[-300:]}")
+    flags = ["-O2", "-ffp-contract=off", "-fPIC", "-shared"]
+    key = hashlib.sha256()
+    for part in (open(os.path.join(g, "src", "ggml-quants.c"), "rb").read(), _STUBS.encode(),
+                 " ".join([cc] + flags).encode()):
+        key.update(hashlib.sha256(part).digest())
+    lib = cache / f"libkq-{key.hexdigest()[:16]}.so"
+    if not lib.is_file():
+        (cache / "stubs.c").write_text(_STUBS)
+        tmp = cache / f"{lib.name}.tmp-{os.getpid()}"
+        try:
+            r = subprocess.run([cc, *flags, f"-I{g}/include", f"-I{g}/src", f"-I{g}/src/ggml-cpu",
+                                f"{g}/src/ggml-quants.c", str(cache / "stubs.c"), "-o", str(tmp), "-lm"],
+                               capture_output=True, text=True, timeout=_COMPILE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"compiling ggml-quants.c took over {_COMPILE_TIMEOUT} s")
+        if r.returncode:
+            tmp.unlink(missing_ok=True)
+            pytest.fail(f"could not build ggml-quants.c with {cc}: {r.stderr[-500:]}")
+        os.replace(tmp, lib)
     return ctypes.CDLL(str(lib))
 
 

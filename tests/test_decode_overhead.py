@@ -93,6 +93,20 @@ def test_stacked_never_mixes_types(tiny_files):
                 assert np.array_equal(y, linear(mat.qtype, mat.raw, mat.cols, x))
 
 
+@pytest.mark.parametrize("which", ["q8_0", "q4_k_m"])
+@pytest.mark.parametrize("n", [3, 9])
+def test_stacked_prompt_batches_give_the_same_bits(tiny_files, which, n):
+    """Prompt rows: one quantization of x, one GEMM per run of stacked members (or the matvec
+    per row for short batches): each member's product equals its own linear() call."""
+    with ggq.load(tiny_files[which], n_ctx=16) as m:
+        for L in m.llama.layers:
+            x = np.random.default_rng(4).standard_normal((n, L.wq.cols)).astype(np.float32)
+            for st, mats in ((L.qkv, (L.wq, L.wk, L.wv)), (L.gate_up, (L.gate, L.up))):
+                for mat, y in zip(mats, st(x)):
+                    assert y.shape == (n, mat.rows)
+                    assert np.array_equal(y, linear(mat.qtype, mat.raw, mat.cols, x))
+
+
 def test_exact_mode_stays_float_math(tiny_files):
     with ggq.load(tiny_files["q8_0"], n_ctx=16) as m:
         m.llama.set_exact(True)

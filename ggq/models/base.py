@@ -26,7 +26,7 @@ from ..errors import ModelError, UsageError
 from ..kernels import BLOCK, MATVEC
 from ..kernels.floats import VIEW
 from ..runtime.blas import blas_set_threads
-from ..runtime.linear import embedding_rows, linear
+from ..runtime.linear import activations, embedding_rows, linear, uses_gemm
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,27 +213,37 @@ def causal_mask(start: int, n: int, window: int = 0) -> np.ndarray:
     return np.where(hidden, np.float32(-np.inf), np.float32(0)).astype(np.float32)
 
 
+ATTENTION_QUERY_BLOCK = 64  # queries per step: a block only scores the keys its last query sees
+
+
 def attention_blas(q, cache_k, cache_v, start, n_heads, n_kv_heads, head_dim, scale, mask=None, window=0):
-    """Causal attention for a prompt batch with BLAS matmuls, one head at a time. Only the keys
-    from window_start(start, window) on take part; mask: causal_mask(start, n, window) (pass
-    it when several layers share it)."""
+    """Causal attention for a prompt batch with BLAS matmuls: per block of queries, all heads
+    in one batched product (the heads that share a kv head stacked as rows) over the keys the
+    block sees (from window_start(start, window), up to its last query). mask:
+    causal_mask(start, n, window) (pass it when several layers share it)."""
     n = q.shape[0]
     T = start + n
     lo = window_start(start, window)
     if mask is None:
         mask = causal_mask(start, n, window)
     group = n_heads // n_kv_heads
+    qs = q * np.float32(scale)
     out = np.empty((n, n_heads * head_dim), dtype=np.float32)
-    for h in range(n_heads):
-        g = h // group
-        qh = q[:, h * head_dim:(h + 1) * head_dim]
-        s = qh @ cache_k[g, lo:T].T
-        s *= scale
-        s += mask
-        s -= s.max(axis=1, keepdims=True)
+    for i0 in range(0, n, ATTENTION_QUERY_BLOCK):
+        i1 = min(n, i0 + ATTENTION_QUERY_BLOCK)
+        b, k0, k1 = i1 - i0, window_start(start + i0, window), start + i1
+        # head h = g * group + j reads kv head g: rows (j, i) of one (group * b, head_dim) block per g
+        qg = qs[i0:i1].reshape(b, n_kv_heads, group, head_dim).transpose(1, 2, 0, 3).reshape(
+            n_kv_heads, group * b, head_dim)
+        s = np.matmul(qg, cache_k[:, k0:k1].transpose(0, 2, 1)).reshape(n_kv_heads, group, b, k1 - k0)
+        s += mask[i0:i1, k0 - lo:k1 - lo]
+        s -= s.max(axis=-1, keepdims=True)
         np.exp(s, out=s)
-        s /= s.sum(axis=1, keepdims=True)
-        out[:, h * head_dim:(h + 1) * head_dim] = s @ cache_v[g, lo:T]
+        total = s.sum(axis=-1, keepdims=True)
+        o = np.matmul(s.reshape(n_kv_heads, group * b, k1 - k0), cache_v[:, k0:k1]).reshape(
+            n_kv_heads, group, b, head_dim)
+        o /= total
+        out[i0:i1] = o.transpose(2, 0, 1, 3).reshape(b, n_heads * head_dim)
     return out
 
 
@@ -375,7 +385,7 @@ class Stacked:
 
     def __call__(self, x):
         if not self.mats[0].fast(x):  # (set_exact sets every matrix alike)
-            return tuple(m(x) for m in self.mats)
+            return self._batch(x)
         if self._generation != _RAW_GENERATION:
             self._plan()
         out = [None] * len(self.mats)
@@ -386,6 +396,28 @@ class Stacked:
                 continue
             y = np.empty((1, spans[-1][2]), np.float32)
             kernel(w, x[0], y[0])
+            for i, r0, r1 in spans:
+                out[i] = y[:, r0:r1]
+        return tuple(out)
+
+    def _batch(self, x):
+        """Prompt batches: where linear() takes the int8 GEMM, x is quantized once for all
+        members and each run of back-to-back members is one GEMM call over its stacked rows."""
+        first = self.mats[0]
+        if (first.exact or type(x) is not np.ndarray or x.ndim != 2 or x.shape[1] != first.cols
+                or not any(uses_gemm(m.qtype, x.shape[0]) for m in self.mats)):
+            return tuple(m(x) for m in self.mats)
+        if self._generation != _RAW_GENERATION:
+            self._plan()
+        act = activations(x)
+        out = [None] * len(self.mats)
+        for kernel, w, spans in self._runs:
+            m = self.mats[spans[0][0]]
+            if kernel is None or w is None or w.dtype != np.uint8 or not uses_gemm(m.qtype, x.shape[0]):
+                for i, _, _ in spans:
+                    out[i] = self.mats[i](x)
+                continue
+            y = linear(m.qtype, w, m.cols, x, act=act)
             for i, r0, r1 in spans:
                 out[i] = y[:, r0:r1]
         return tuple(out)

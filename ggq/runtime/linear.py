@@ -76,9 +76,21 @@ def _check_rows(name, qtype, w, cols):
         raise QuantError(f"linear: {name} weight rows are {w.shape[1]} bytes, expected {rb} for {cols} columns")
 
 
+def activations(x: np.ndarray) -> Activations:
+    """x float32 (n, cols) quantized for the GEMM once, for several linear(..., act=) calls that
+    read the same x (q, k, v; gate, up)."""
+    return Activations(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def uses_gemm(qtype, n: int, exact: bool = False) -> bool:
+    """Whether linear() multiplies n rows with the int8 GEMM (and so can use activations())."""
+    return not exact and n > MATVEC_ROWS_MAX and _name(qtype) in GEMM
+
+
 def linear(qtype, w: np.ndarray, cols: int, x: np.ndarray, out: np.ndarray | None = None,
-           exact: bool = False) -> np.ndarray:
-    """x float32 (n, cols) -> float32 (n, rows) = x @ W.T; W: uint8 (rows, row_bytes)."""
+           exact: bool = False, act: Activations | None = None) -> np.ndarray:
+    """x float32 (n, cols) -> float32 (n, rows) = x @ W.T; W: uint8 (rows, row_bytes).
+    act: activations(x), where the GEMM is used (uses_gemm), to quantize x only once."""
     name = _name(qtype)
     w = _prep_w(name, w, cols)
     _check_rows(name, qtype, w, cols)
@@ -104,7 +116,11 @@ def linear(qtype, w: np.ndarray, cols: int, x: np.ndarray, out: np.ndarray | Non
         for i in range(n):
             MATVEC[name](w, x[i], out[i])
     else:
-        out[...] = gemm(name, w, Activations(x))[:n, :rows]
+        if act is None:
+            act = Activations(x)
+        elif act.n != n or act.xq.shape[1] != cols:
+            raise QuantError(f"linear: activations for {act.n} x {act.xq.shape[1]}, expected {n} x {cols}")
+        out[...] = gemm(name, w, act)[:n, :rows]
     return out
 
 

@@ -103,24 +103,29 @@ def linear(qtype, w: np.ndarray, cols: int, x: np.ndarray, out: np.ndarray | Non
     if x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
         x = np.array(x, dtype=np.float32, order="C")  # copy: one signature, contiguous rows
     n = x.shape[0]
-    if out is None:
-        out = np.empty((n, rows), np.float32)
-    elif out.shape != (n, rows) or out.dtype != np.float32:
+    if out is not None and (out.shape != (n, rows) or out.dtype != np.float32):
         raise QuantError(f"linear: out has shape {out.shape} {out.dtype}, expected ({n}, {rows}) float32")
-
-    if name == "F32":
-        np.matmul(x, w.T, out=out)
-    elif exact and name in GEMM or n > 1 and name not in GEMM:
-        _tiled(name, w, cols, x, out)
-    elif n <= MATVEC_ROWS_MAX and out.flags.c_contiguous:
-        for i in range(n):
-            MATVEC[name](w, x[i], out[i])
-    else:
+    if not exact and n > MATVEC_ROWS_MAX and name in GEMM:
         if act is None:
             act = Activations(x)
         elif act.n != n or act.xq.shape[1] != cols:
             raise QuantError(f"linear: activations for {act.n} x {act.xq.shape[1]}, expected {n} x {cols}")
-        out[...] = gemm(name, w, act)[:n, :rows]
+        y = gemm(name, w, act)[:n, :rows]  # a view of the padded product: no copy unless out is given
+        if out is None:
+            return y if y.flags.c_contiguous else np.ascontiguousarray(y)
+        out[...] = y
+        return out
+    if out is None:
+        out = np.empty((n, rows), np.float32)
+    if name == "F32":
+        np.matmul(x, w.T, out=out)
+    elif exact or n > 1 and name not in GEMM:
+        _tiled(name, w, cols, x, out)
+    elif out.flags.c_contiguous:
+        for i in range(n):
+            MATVEC[name](w, x[i], out[i])
+    else:
+        _tiled(name, w, cols, x, out)
     return out
 
 

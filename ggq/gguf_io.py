@@ -503,17 +503,195 @@ def _write_spm_tokenizer(w, md: dict, tf: dict) -> None:
 
 # --------------------------------------------------------------------------- reading helpers
 
-def gguf_metadata(path) -> dict[str, Any]:
-    """All key/value pairs of a GGUF file as plain Python values (arrays as lists)."""
+# gguf-py's GGUFReader trusts every count, length and offset in the file: an array count past
+# the end of the file makes it loop (and allocate) without end, a string length past the end
+# gives IndexErrors, and so on. check_gguf() walks the same structure first, with each of them
+# checked against the bytes that are left, so that GGUFReader only ever sees a file whose
+# layout is sound. Limits (far above any real model; a real vocabulary has < 300k tokens):
+GGUF_MAX_KV = 1 << 16          # key/value pairs
+GGUF_MAX_TENSORS = 1 << 20     # tensor infos
+GGUF_MAX_ARRAY = 1 << 22       # elements of one array value
+GGUF_MAX_DIMS = 4              # as llama.cpp's GGML_MAX_DIMS
+GGUF_MAX_ELEMENTS = 1 << 50    # elements of one tensor
+_GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # type -> size
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+_GGUF_RESERVED = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")  # gguf-py's own fields
+
+
+class _GGUFWalk:
+    def __init__(self, mm, size: int, name: str):
+        import struct
+        self.mm, self.size, self.name, self.pos, self._unpack = mm, size, name, 0, struct.unpack_from
+
+    def bad(self, msg: str):
+        raise FormatError(f"{self.name}: bad GGUF file: {msg}")
+
+    def need(self, n: int, what: str) -> None:
+        if n > self.size - self.pos:
+            self.bad(f"{what} at offset {self.pos} ({n} bytes) runs past the end of the file "
+                     f"({self.size} bytes)")
+
+    def num(self, fmt: str, nbytes: int, what: str) -> int:
+        self.need(nbytes, what)
+        v = self._unpack(fmt, self.mm, self.pos)[0]
+        self.pos += nbytes
+        return v
+
+    def string(self, what: str) -> bytes:
+        n = self.num("<Q", 8, what + " length")
+        self.need(n, what)
+        b = self.mm[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def text(self, what: str) -> str:
+        b = self.string(what)
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            self.bad(f"{what} at offset {self.pos - len(b)} is not valid UTF-8")
+
+    def value(self, vtype: int, key: str) -> None:
+        if vtype in _GGUF_SCALAR:
+            self.need(_GGUF_SCALAR[vtype], f"value of {key!r}")
+            self.pos += _GGUF_SCALAR[vtype]
+        elif vtype == _GGUF_STRING:
+            self.string(f"value of {key!r}")
+        elif vtype == _GGUF_ARRAY:
+            itype = self.num("<I", 4, f"element type of {key!r}")
+            n = self.num("<Q", 8, f"element count of {key!r}")
+            if itype == _GGUF_ARRAY:
+                self.bad(f"key {key!r}: arrays of arrays are not supported")
+            if itype not in _GGUF_SCALAR and itype != _GGUF_STRING:
+                self.bad(f"key {key!r}: unknown array element type {itype}")
+            if n > GGUF_MAX_ARRAY:
+                self.bad(f"key {key!r}: array of {n} elements (more than {GGUF_MAX_ARRAY})")
+            if itype == _GGUF_STRING:
+                self.need(8 * n, f"array {key!r} ({n} strings)")
+                for _ in range(n):
+                    self.string(f"element of {key!r}")
+            else:
+                self.need(n * _GGUF_SCALAR[itype], f"array {key!r} ({n} elements)")
+                self.pos += n * _GGUF_SCALAR[itype]
+        else:
+            self.bad(f"key {key!r}: unknown value type {vtype}")
+
+
+def check_gguf(path) -> dict:
+    """Check a GGUF file's header, key/value section and tensor table against the file itself
+    (every count, length, type, dimension and data range) without reading its data. Returns
+    {"version", "alignment", "data_offset", "tensors": {name: (type, dims, offset, nbytes)}};
+    raises FormatError "<file>: <problem>" (one line) on anything gguf-py or ggq cannot take."""
+    import mmap
+
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    name = Path(path).name
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size < 24:
+                raise FormatError(f"{name}: bad GGUF file: truncated ({size} bytes)")
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise FormatError(f"{name}: cannot read ({e.strerror or e})") from None
+    try:
+        w = _GGUFWalk(mm, size, name)
+        if mm[:4] != b"GGUF":
+            raise FormatError(f"{name}: not a GGUF file (bad magic {bytes(mm[:4])!r})")
+        w.pos = 4
+        version = w.num("<I", 4, "version")
+        if version & 0xFFFF == 0 and version:
+            w.bad("big-endian GGUF files are not supported")
+        if version not in (2, 3):
+            w.bad(f"GGUF version {version} is not supported (2 and 3 are)")
+        n_tensors = w.num("<Q", 8, "tensor count")
+        n_kv = w.num("<Q", 8, "key/value count")
+        if n_kv > GGUF_MAX_KV or 13 * n_kv > size - w.pos:
+            w.bad(f"key/value count {n_kv} is implausible for a file of {size} bytes")
+        if n_tensors > GGUF_MAX_TENSORS or 24 * n_tensors > size - w.pos:
+            w.bad(f"tensor count {n_tensors} is implausible for a file of {size} bytes")
+        keys: set[str] = set(_GGUF_RESERVED)
+        alignment = 32
+        for _ in range(n_kv):
+            key = w.text("key")
+            if key in keys:
+                w.bad(f"duplicate key {key!r}")
+            keys.add(key)
+            vtype = w.num("<I", 4, f"value type of {key!r}")
+            start = w.pos
+            w.value(vtype, key)
+            if key == "general.alignment":
+                if vtype != 4:
+                    w.bad("general.alignment is not a u32")
+                alignment = w._unpack("<I", mm, start)[0]
+                if alignment == 0 or alignment & (alignment - 1):
+                    w.bad(f"general.alignment {alignment} is not a power of two")
+        infos = []
+        names: set[str] = set()
+        for _ in range(n_tensors):
+            tname = w.text("tensor name")
+            if tname in names:
+                w.bad(f"duplicate tensor name {tname!r}")
+            names.add(tname)
+            n_dims = w.num("<I", 4, f"dimension count of tensor {tname!r}")
+            if not 1 <= n_dims <= GGUF_MAX_DIMS:
+                w.bad(f"tensor {tname!r}: {n_dims} dimensions (1 to {GGUF_MAX_DIMS} allowed)")
+            dims = [w.num("<Q", 8, f"dimensions of tensor {tname!r}") for _ in range(n_dims)]
+            n = math.prod(dims)
+            if any(d >= 1 << 63 for d in dims) or n > GGUF_MAX_ELEMENTS:
+                w.bad(f"tensor {tname!r}: dimensions {dims} are implausible")
+            ttype = w.num("<I", 4, f"type of tensor {tname!r}")
+            try:
+                block, tsize = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+            except (ValueError, KeyError):
+                w.bad(f"tensor {tname!r}: unknown GGML type {ttype}")
+            if dims[0] % block:
+                w.bad(f"tensor {tname!r}: {dims[0]} columns is not a multiple of the block size {block} "
+                      f"of {GGMLQuantizationType(ttype).name}")
+            offset = w.num("<Q", 8, f"data offset of tensor {tname!r}")
+            infos.append((tname, ttype, dims, offset, n // block * tsize))
+        data_offset = -(-w.pos // alignment) * alignment
+        tensors = {}
+        for tname, ttype, dims, offset, nbytes in infos:
+            if offset % alignment:
+                w.bad(f"tensor {tname!r}: data offset {offset} is not a multiple of the alignment {alignment}")
+            if data_offset + offset + nbytes > size:
+                w.bad(f"tensor {tname!r}: data [{data_offset + offset}, {data_offset + offset + nbytes}) "
+                      f"runs past the end of the file ({size} bytes)")
+            tensors[tname] = (ttype, dims, offset, nbytes)
+        return {"version": version, "alignment": alignment, "data_offset": data_offset, "tensors": tensors}
+    finally:
+        mm.close()
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception as one short line (for messages built from third-party errors)."""
+    s = " ".join(str(e).split()) or type(e).__name__
+    return s if len(s) <= limit else s[:limit - 3] + "..."
+
+
+def open_gguf(path):
+    """gguf.GGUFReader on a file check_gguf() accepted (memory-mapped, nothing read up front);
+    any error becomes a one-line FormatError naming the file."""
     import gguf
 
+    check_gguf(path)
     try:
-        r = gguf.GGUFReader(str(path))
-    except Exception as e:  # the gguf package raises plain ValueError/OSError on bad files
-        raise FormatError(f"{path}: not a readable GGUF file: {e}") from None
+        return gguf.GGUFReader(str(path), "r")
+    except Exception as e:  # noqa: BLE001 - gguf-py raises ValueError/KeyError/IndexError/...
+        raise FormatError(f"{Path(path).name}: not a readable GGUF file ({one_line(e)})") from None
+
+
+def gguf_metadata(path) -> dict[str, Any]:
+    """All key/value pairs of a GGUF file as plain Python values (arrays as lists)."""
+    r = open_gguf(path)
     out: dict[str, Any] = {}
     for k, fld in r.fields.items():
         if k.startswith("GGUF."):
             continue
-        out[k] = fld.contents()
+        try:
+            out[k] = fld.contents()
+        except Exception as e:  # noqa: BLE001 - e.g. a string value that is not UTF-8
+            raise FormatError(f"{Path(path).name}: key {k!r}: unreadable value ({one_line(e)})") from None
     return out

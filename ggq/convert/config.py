@@ -204,20 +204,42 @@ class ModelConfig:
         missing = [cls.key(arch, f) for f in need if f not in kw]
         if missing:
             raise ConvertError(f"{where}: missing metadata {', '.join(missing)}")
-        kw.setdefault("head_count_kv", kw["head_count"])
-        kw.setdefault("key_length", int(kw["embedding_length"]) // max(int(kw["head_count"]), 1))
+
+        def bad(f, what):
+            raise ConvertError(f"{where}: {cls.key(arch, f)} = {_show(kw[f])} is not {what}")
+
+        # every value is type-checked before it is converted (a file may hold anything there)
         for f in ("rms_eps", "rope_freq_base", "rope_scaling_factor", "rope_low_freq_factor",
                   "rope_high_freq_factor", "rope_freq_base_swa", "query_pre_attn_scalar",
                   "final_logit_softcapping"):
             if f in kw:
+                if isinstance(kw[f], bool) or not isinstance(kw[f], (int, float)):
+                    bad(f, "a number")
                 kw[f] = float(kw[f])
         for f in ("block_count", "embedding_length", "feed_forward_length", "head_count",
                   "head_count_kv", "key_length", "vocab_size", "context_length",
                   "rope_original_context_length", "sliding_window"):
             if f in kw:
-                kw[f] = int(kw[f])
+                v = kw[f]
+                if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+                    v = int(v)
+                if isinstance(v, bool) or not isinstance(v, int):
+                    bad(f, "an integer")
+                kw[f] = v
         if "tie_word_embeddings" in kw:
+            if not isinstance(kw["tie_word_embeddings"], (bool, int)):
+                bad("tie_word_embeddings", "true/false")
             kw["tie_word_embeddings"] = bool(kw["tie_word_embeddings"])
+        for f in ("rope_scaling_type", "name"):
+            if f in kw and not isinstance(kw[f], str):
+                bad(f, "a string")
+        if "sliding_window_pattern" in kw:
+            p = kw["sliding_window_pattern"]
+            if not (isinstance(p, int) or (isinstance(p, (list, tuple))
+                                           and all(isinstance(b, (bool, int)) for b in p))):
+                bad("sliding_window_pattern", "an integer or a list of booleans")
+        kw.setdefault("head_count_kv", kw["head_count"])
+        kw.setdefault("key_length", int(kw["embedding_length"]) // max(int(kw["head_count"]), 1))
         if arch == "gemma3":  # llama.cpp's defaults for keys its converter leaves out
             kw.setdefault("rope_freq_base", 10000.0)
             kw.setdefault("rope_freq_base_swa", 10000.0)
@@ -226,7 +248,7 @@ class ModelConfig:
             kw["sliding_window_pattern"] = tuple(bool(b) for b in p) if isinstance(p, (list, tuple)) else int(p)
             if "query_pre_attn_scalar" not in kw:  # llama.cpp: 27B (62 layers) scales by hidden/heads
                 kw["query_pre_attn_scalar"] = float(
-                    kw["embedding_length"] // kw["head_count"] if kw["block_count"] == 62 else kw["key_length"])
+                    kw["embedding_length"] // max(kw["head_count"], 1) if kw["block_count"] == 62 else kw["key_length"])
             if kw.get("final_logit_softcapping") == 0.0:
                 kw["final_logit_softcapping"] = None
         return cls(**kw).validate(where)
@@ -362,7 +384,10 @@ class _Fields:
 
 def _show(v) -> str:
     import json
-    s = json.dumps(v) if not isinstance(v, str) else v
+    try:
+        s = json.dumps(v) if not isinstance(v, str) else v
+    except (TypeError, ValueError, RecursionError):
+        s = repr(v)
     return s if len(s) <= 60 else s[:57] + "..."
 
 
@@ -581,13 +606,13 @@ def _parse_hf(cfg: dict, where: str) -> ModelConfig:
     f = _Fields(cfg, where)
     archs = f.raw("architectures", None)
     hf_arch = archs[0] if isinstance(archs, list) and archs else None
-    if hf_arch is None:
+    if hf_arch is None and isinstance(cfg.get("model_type"), str):
         hf_arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                   "gemma3_text": "Gemma3ForCausalLM"}.get(cfg.get("model_type"))
+                   "gemma3_text": "Gemma3ForCausalLM"}.get(cfg["model_type"])
     if hf_arch == "Gemma3ForConditionalGeneration" or "text_config" in cfg:
         f.fail("multimodal checkpoints are not supported (a text-only Gemma3ForCausalLM is)")
-    if hf_arch not in HF_ARCHITECTURES:
-        f.fail(f"architecture {hf_arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    if not isinstance(hf_arch, str) or hf_arch not in HF_ARCHITECTURES:
+        f.fail(f"architecture {_show(hf_arch)} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     arch = HF_ARCHITECTURES[hf_arch]
     kw = _parse_gemma3(f) if arch == "gemma3" else _parse_llama(f, hf_arch)
     name = cfg.get("_name_or_path")

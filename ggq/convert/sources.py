@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConvertError, FormatError
+from ..errors import ConvertError, FormatError, TokenizerError
 from .config import SUPPORTED_ARCHITECTURES, ModelConfig
 from .permute import gguf_to_hf_rows, heads_for
 
@@ -61,8 +61,10 @@ _HF_TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight"
            "lm_head.weight": "output.weight"}
 _GGQ_LAYER = {a: {v: k for k, v in m.items()} for a, m in _HF_LAYER.items()}
 _GGQ_TOP = {v: k for k, v in _HF_TOP.items()}
-_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-_BLK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
+# layer numbers: ASCII digits, no leading zeros, at most 9 of them (\\d would take any Unicode
+# digit, and int() refuses numbers of more than 4300 digits)
+_LAYER_RE = re.compile(r"^model\.layers\.(0|[1-9][0-9]{0,8})\.(.+)$", re.ASCII)
+_BLK_RE = re.compile(r"^blk\.(0|[1-9][0-9]{0,8})\.(.+)$", re.ASCII)
 
 
 def hf_to_ggq_name(name: str, arch: str = "llama") -> str | None:
@@ -146,6 +148,11 @@ class Source:
     def _check_tensors(self) -> None:
         """All expected tensors present with the config's shapes, nothing unexpected."""
         where = self.path.name
+        # every layer has at least 9 tensors: a layer count the file cannot hold is refused before
+        # the expected names are listed (a config may claim 2**31 - 1 layers)
+        if self.config.block_count > len(self._tensors):
+            raise ConvertError(f"{where}: the config says {self.config.block_count} layers but the file "
+                               f"holds only {len(self._tensors)} tensors")
         want = self.config.expected_shapes()
         for name, shape in want.items():
             if name not in self._tensors:
@@ -168,21 +175,26 @@ class Source:
                 vocab = dict(tj.get("model", {}).get("vocab") or {})
                 for t in tj.get("added_tokens") or []:
                     vocab[t["content"]] = int(t["id"])
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise ConvertError(f"{self.path.name}: tokenizer.json is malformed ({e})") from None
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+                raise ConvertError(f"{self.path.name}: tokenizer.json is malformed ({_one_line(e)})") from None
             self.ggml_pre = detect_ggml_pre(tj)
 
         def tok_id(v):
             if isinstance(v, dict):
                 v = v.get("content")
-            return vocab.get(v, -1) if isinstance(v, str) else -1
+            i = vocab.get(v, -1) if isinstance(v, str) else -1
+            return i if isinstance(i, int) and not isinstance(i, bool) else -1
 
         self.bos_token_id = tok_id(tok_cfg.get("bos_token"))
         self.eos_token_id = tok_id(tok_cfg.get("eos_token"))
-        if self.eos_token_id < 0 and isinstance(self._hf_cfg.get("eos_token_id"), int):
-            self.eos_token_id = self._hf_cfg["eos_token_id"]
-        if self.bos_token_id < 0 and isinstance(self._hf_cfg.get("bos_token_id"), int):
-            self.bos_token_id = self._hf_cfg["bos_token_id"]
+        def cfg_id(k):
+            v = self._hf_cfg.get(k)
+            return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 31 else -1
+
+        if self.eos_token_id < 0:
+            self.eos_token_id = cfg_id("eos_token_id")
+        if self.bos_token_id < 0:
+            self.bos_token_id = cfg_id("bos_token_id")
         # HF decides BOS in the tokenizer's post-processor; tokenizer_config states it too.
         if "add_bos_token" in tok_cfg:
             self.add_bos_token = bool(tok_cfg["add_bos_token"])
@@ -191,21 +203,30 @@ class Source:
                 self.bos_token_id >= 0
         ct = tok_cfg.get("chat_template")
         if isinstance(ct, list):  # named templates: take the default one
-            ct = next((t.get("template") for t in ct if t.get("name") == "default"), None)
+            ct = next((t.get("template") for t in ct if isinstance(t, dict) and t.get("name") == "default"),
+                      None)
         self.chat_template = ct if isinstance(ct, str) else None
 
 
 def detect_ggml_pre(tj: dict) -> str | None:
     """llama.cpp's pre-tokenizer name for an HF tokenizer.json, where we recognise it."""
-    pt = tj.get("pre_tokenizer") or {}
+    pt = tj.get("pre_tokenizer") if isinstance(tj, dict) else None
+    if not isinstance(pt, dict):
+        return None
     if pt.get("type") == "ByteLevel" and pt.get("use_regex", True):
         return "gpt2"
     if pt.get("type") == "Sequence":
-        seq = pt.get("pretokenizers") or []
-        if len(seq) == 2 and seq[0].get("type") == "Digits" and seq[0].get("individual_digits") \
+        seq = pt.get("pretokenizers")
+        if isinstance(seq, list) and len(seq) == 2 and all(isinstance(x, dict) for x in seq) \
+                and seq[0].get("type") == "Digits" and seq[0].get("individual_digits") \
                 and seq[1].get("type") == "ByteLevel" and seq[1].get("use_regex", True):
             return "smollm"
     return None
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    s = " ".join(str(e).split()) or type(e).__name__
+    return s if len(s) <= limit else s[:limit - 3] + "..."
 
 
 def _read_side(path: Path, what: str) -> str | None:
@@ -225,8 +246,8 @@ def _read_json(path: Path, what: str) -> dict | None:
         return None
     try:
         d = json.loads(text)
-    except ValueError as e:
-        raise ConvertError(f"{path.name}: {what} is not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
+        raise ConvertError(f"{path.name}: {what} is not valid JSON ({_one_line(e)})") from None
     if not isinstance(d, dict):
         raise ConvertError(f"{path.name}: {what} is not a JSON object")
     return d
@@ -239,6 +260,11 @@ def _read_json(path: Path, what: str) -> dict | None:
 _ST_DTYPES = {"F32": (np.dtype("<f4"), 4), "F16": (np.dtype("<f2"), 2), "BF16": (None, 2)}
 _ST_ALL_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
                   "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _short(v, limit: int = 80) -> str:
+    s = repr(v)
+    return s if len(s) <= limit else s[:limit - 3] + "..."
 
 
 def read_safetensors_header(path: Path) -> tuple[int, dict]:
@@ -262,8 +288,8 @@ def read_safetensors_header(path: Path) -> tuple[int, dict]:
         raise FormatError(f"{name}: cannot read ({e.strerror or e})") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise FormatError(f"{name}: safetensors header is not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise FormatError(f"{name}: safetensors header is not valid JSON ({_one_line(e)})") from None
     if not isinstance(header, dict):
         raise FormatError(f"{name}: safetensors header is not a JSON object")
     data_start = 8 + n
@@ -276,14 +302,14 @@ def read_safetensors_header(path: Path) -> tuple[int, dict]:
         if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= set(e):
             raise FormatError(f"{name}: tensor {key!r}: header entry lacks dtype/shape/data_offsets")
         dt, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
-        if dt not in _ST_ALL_DTYPES:
-            raise FormatError(f"{name}: tensor {key!r}: unknown dtype {dt!r}")
+        if not isinstance(dt, str) or dt not in _ST_ALL_DTYPES:
+            raise FormatError(f"{name}: tensor {key!r}: unknown dtype {_short(dt)}")
         if not (isinstance(shape, list) and len(shape) <= 8
                 and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 1 << 40 for s in shape)):
-            raise FormatError(f"{name}: tensor {key!r}: bad shape {shape!r}")
+            raise FormatError(f"{name}: tensor {key!r}: bad shape {_short(shape)}")
         if not (isinstance(offs, list) and len(offs) == 2
                 and all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
-            raise FormatError(f"{name}: tensor {key!r}: bad data_offsets {offs!r}")
+            raise FormatError(f"{name}: tensor {key!r}: bad data_offsets {_short(offs)}")
         b, end = offs
         if not 0 <= b <= end:
             raise FormatError(f"{name}: tensor {key!r}: bad data_offsets {offs}")
@@ -429,17 +455,27 @@ GGUF_ARCH_KEYS = {
 }
 
 
+def _gguf_int(md: dict, key: str, where: str) -> int | None:
+    v = md.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConvertError(f"{where}: GGUF key {key} = {_short(v)} is not an integer")
+    return v
+
+
 def _check_gguf_arch_keys(md: dict, arch: str, where: str) -> None:
     for k, v in md.items():
         if k.startswith(arch + ".") and k[len(arch) + 1:] not in GGUF_ARCH_KEYS[arch]:
-            raise ConvertError(f"{where}: GGUF key {k} = {v!r} is not supported (ggq cannot tell "
+            raise ConvertError(f"{where}: GGUF key {k} = {_short(v)} is not supported (ggq cannot tell "
                                "how it changes the model)")
-    hd = md.get(f"{arch}.attention.key_length")
-    if hd is None and f"{arch}.embedding_length" in md and md.get(f"{arch}.attention.head_count"):
-        hd = int(md[f"{arch}.embedding_length"]) // int(md[f"{arch}.attention.head_count"])
+    hd = _gguf_int(md, f"{arch}.attention.key_length", where)
+    emb, heads = _gguf_int(md, f"{arch}.embedding_length", where), _gguf_int(md, f"{arch}.attention.head_count", where)
+    if hd is None and emb is not None and heads:
+        hd = emb // heads
     for k in ("attention.value_length", "rope.dimension_count"):
-        v = md.get(f"{arch}.{k}")
-        if v is not None and hd is not None and int(v) != int(hd):
+        v = _gguf_int(md, f"{arch}.{k}", where)
+        if v is not None and hd is not None and v != hd:
             raise ConvertError(f"{where}: {arch}.{k} = {v} differs from the head size {hd} "
                                "(not supported)")
 
@@ -450,6 +486,73 @@ GENERAL_KEYS = ("general.basename", "general.finetune", "general.size_label", "g
                 "general.organization", "general.author", "general.description", "general.license",
                 "general.license.name", "general.license.link", "general.url", "general.repo_url",
                 "general.quantized_by", "general.tags", "general.languages", "general.file_type")
+
+
+# GGUF value types (gguf.GGUFValueType) the tokenizer fields may have
+_GT_INT = {0, 1, 2, 3, 4, 5, 10, 11}      # u8 i8 u16 i16 u32 i32 u64 i64
+_GT_NUM = _GT_INT | {6, 12}               # + f32 f64
+_GT_BOOL, _GT_STR, _GT_ARR = 7, 8, 9
+# tokenizer fields -> the value types ggq reads them as (arrays: ARRAY then the element type;
+# an empty array has no element type)
+_GGUF_TOKENIZER_TYPES = {
+    "tokenizer.ggml.model": ("scalar", {_GT_STR}),
+    "tokenizer.ggml.tokens": ("array", {_GT_STR}),
+    "tokenizer.ggml.merges": ("array", {_GT_STR}),
+    "tokenizer.ggml.scores": ("array", _GT_NUM),
+    "tokenizer.ggml.token_type": ("array", _GT_INT),
+    "tokenizer.ggml.bos_token_id": ("scalar", _GT_INT),
+    "tokenizer.ggml.eos_token_id": ("scalar", _GT_INT),
+    "tokenizer.ggml.unknown_token_id": ("scalar", _GT_INT),
+    "tokenizer.ggml.padding_token_id": ("scalar", _GT_INT),
+    "tokenizer.ggml.add_bos_token": ("scalar", _GT_INT | {_GT_BOOL}),
+    "tokenizer.ggml.add_eos_token": ("scalar", _GT_INT | {_GT_BOOL}),
+    "tokenizer.ggml.add_sep_token": ("scalar", _GT_INT | {_GT_BOOL}),
+    "tokenizer.ggml.add_space_prefix": ("scalar", _GT_INT | {_GT_BOOL}),
+}
+# Rebuilding a SentencePiece vocabulary tries every split of every token (tokenizer_gguf.spm_merges):
+# work grows with the sum of squared token lengths. Real vocabularies are far below this bound
+# (Gemma 3's 262k tokens: about 2**24).
+GGUF_MAX_SPLIT_WORK = 1 << 28
+
+
+def _check_gguf_tokenizer_fields(r, where: str) -> None:
+    """The tokenizer.ggml.* fields have the value types ggq reads them as, and the vocabulary
+    can be rebuilt in bounded time; before tokenizer_gguf reads them."""
+    for key, (kind, ok) in _GGUF_TOKENIZER_TYPES.items():
+        f = r.fields.get(key)
+        if f is None:
+            continue
+        ts = [int(t) for t in f.types]
+        if kind == "scalar":
+            good = len(ts) == 1 and ts[0] in ok
+        else:
+            good = ts == [_GT_ARR] or (len(ts) == 2 and ts[0] == _GT_ARR and ts[1] in ok)
+        if not good:
+            raise FormatError(f"{where}: {key} has GGUF value type "
+                              f"{'/'.join(str(t) for t in ts)}, not the {kind} type ggq expects")
+    f = r.fields.get("tokenizer.ggml.tokens")
+    if f is not None:
+        work = sum(int(f.parts[i].nbytes) ** 2 for i in f.data)
+        if work > GGUF_MAX_SPLIT_WORK:
+            raise FormatError(f"{where}: tokenizer.ggml.tokens holds implausibly long tokens "
+                              f"(sum of squared lengths {work})")
+
+
+def _rust_call(fn, *args):
+    """Call into code that uses a Rust extension (tokenizers): a panic there surfaces as pyo3's
+    PanicException, a BaseException that `except Exception` misses; it becomes _RustError."""
+    try:
+        return fn(*args)
+    except Exception:
+        raise
+    except BaseException as e:  # noqa: BLE001
+        if type(e).__name__ == "PanicException":
+            raise _RustError(_one_line(e)) from None
+        raise
+
+
+class _RustError(Exception):
+    pass
 
 
 def _general_keys(md: dict, reader) -> list:
@@ -469,25 +572,28 @@ class GGUFSource(Source):
     kind = "gguf"
 
     def __init__(self, path: Path):
-        from gguf import GGUFReader
+        from ..gguf_io import open_gguf
         self.path = path = Path(path)
-        try:
-            self._r = r = GGUFReader(str(path), "r")
-        except Exception as e:  # the gguf package raises ValueError/struct.error/etc. on bad files
-            raise FormatError(f"{path.name}: not a readable GGUF file ({e})") from None
+        # check_gguf() first: every count, length and offset against the file, then gguf-py's
+        # reader (memory-mapped) on a file whose layout is sound
+        self._r = r = open_gguf(path)
         md = {}
         for k, f in r.fields.items():
             if k.startswith("tokenizer.ggml.") and k in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges",
                                                           "tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
                 continue
+            if k.startswith("GGUF."):
+                continue
             try:
                 md[k] = f.contents()
-            except Exception:
-                continue
+            except UnicodeDecodeError:
+                raise FormatError(f"{path.name}: key {k!r} holds a string that is not valid UTF-8") from None
+            except Exception as e:  # noqa: BLE001 - gguf-py on an odd field
+                raise FormatError(f"{path.name}: key {k!r}: unreadable value ({_one_line(e)})") from None
         self._md = md
         arch = md.get("general.architecture")
-        if arch not in GGUF_ARCH_KEYS:
-            raise ConvertError(f"{path.name}: GGUF architecture {arch!r} is not supported "
+        if not isinstance(arch, str) or arch not in GGUF_ARCH_KEYS:
+            raise ConvertError(f"{path.name}: GGUF architecture {_short(arch)} is not supported "
                                f"(supported: {', '.join(GGUF_ARCH_KEYS)})")
         md = dict(md)
         md.setdefault("general.name", path.stem)
@@ -507,7 +613,6 @@ class GGUFSource(Source):
         if stype == "linear":
             if f"{arch}.rope.scaling.factor" not in md:
                 raise ConvertError(f"{path.name}: linear rope scaling without {arch}.rope.scaling.factor")
-            md[f"{arch}.rope.scaling.factor"] = float(md[f"{arch}.rope.scaling.factor"])
         tied = not any(t.name == "output.weight" for t in r.tensors)
         md[f"{arch}.tie_word_embeddings"] = tied
         if f"{arch}.vocab_size" not in md and "tokenizer.ggml.tokens" in r.fields:
@@ -515,15 +620,19 @@ class GGUFSource(Source):
         self.config = ModelConfig.from_metadata(md, path.name)
 
         from .tokenizer_gguf import tokenizer_from_gguf
-        tk = tokenizer_from_gguf(r, path.name)
+        _check_gguf_tokenizer_fields(r, path.name)
+        try:
+            tk = _rust_call(tokenizer_from_gguf, r, path.name)
+        except _RustError as e:
+            raise TokenizerError(f"{path.name}: the vocabulary cannot be rebuilt ({e})") from None
         self.tokenizer_json = tk.json
         hf_json = md.get("tokenizer.huggingface.json")  # standard GGUF key: the original file wins
         if isinstance(hf_json, str) and hf_json:
             try:
                 from tokenizers import Tokenizer
-                Tokenizer.from_str(hf_json)
+                _rust_call(Tokenizer.from_str, hf_json)
                 self.tokenizer_json = hf_json
-            except Exception:
+            except Exception:  # noqa: BLE001 - includes _RustError
                 pass  # unusable embedded copy: keep the one rebuilt from tokenizer.ggml.*
         self.bos_token_id, self.eos_token_id = tk.bos_token_id, tk.eos_token_id
         self.add_bos_token, self.ggml_pre = tk.add_bos_token, tk.pre

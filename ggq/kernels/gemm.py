@@ -46,7 +46,7 @@ NT = 8      # activation rows per tile call
 
 # reassociation lets the max and the sums vectorize; xq and xd do not depend on the order (the
 # max is exact) and stay those of quantize_act8 (no reciprocal approximations: no "arcp")
-@njit(cache=True, fastmath={"reassoc", "nsz", "nnan", "ninf"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "nnan", "ninf"})
 def quantize_rows(x, xq, xd, xs16, xs32, xb16, xb32):
     """x float32 (n, cols) -> xq int8 (n, cols) per 32: round(x / d), d = absmax / 127
     (common.quantize_act8's values), xd = d; xs16/xs32: float sums of x per 16 / 32 (the 32
@@ -535,6 +535,9 @@ FLAVOUR_GENERIC = np.zeros(0, np.int8)
 FLAVOUR = FLAVOUR_VNNI if HAS_VNNI else FLAVOUR_GENERIC
 
 
+PARALLEL_QUANTIZE_MIN = 1 << 15  # elements per thread below which one thread quantizes all
+
+
 class Activations:
     """quantize_rows' buffers for n rows padded to a multiple of NT (one set per matmul input,
     reusable for every matrix that reads the same x)."""
@@ -551,7 +554,14 @@ class Activations:
         self.xs32 = np.zeros((npad, nb), np.float32)
         self.xb16 = np.zeros((npad, 2 * nb), np.int32)
         self.xb32 = np.zeros((npad, nb), np.int32)
-        quantize_rows(x, self.xq, self.xd, self.xs16, self.xs32, self.xb16, self.xb32)
+        bufs = (self.xq, self.xd, self.xs16, self.xs32, self.xb16, self.xb32)
+        nt = min(numba.get_num_threads(), n * cols // PARALLEL_QUANTIZE_MIN) if n > 1 else 1
+        cuts = [n * i // max(nt, 1) for i in range(max(nt, 1) + 1)]
+        jobs = [_workers().submit(quantize_rows, x[a:b], *(t[a:b] for t in bufs))
+                for a, b in zip(cuts[1:-1], cuts[2:])]
+        quantize_rows(x[:cuts[1]], *(t[:cuts[1]] for t in bufs))
+        for j in jobs:
+            j.result()
 
 
 _pool: ThreadPoolExecutor | None = None

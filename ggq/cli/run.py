@@ -81,8 +81,9 @@ def _precompile(m, n_prompt):
 
 exact_option = click.option(
     "--exact", is_flag=True,
-    help="Float activations in every matmul (by default one-token steps quantize the activations "
-         "to 8 bits per 32, as llama.cpp does; slower, closest to the float model).")
+    help="Float activations in every matmul (by default the quantized types' matmuls, prompt and "
+         "decode, quantize the activations to 8 bits per 32, as llama.cpp does; slower, closest to "
+         "the float model).")
 
 no_mmap_option = click.option(
     "--no-mmap", is_flag=True,

@@ -513,8 +513,9 @@ class DecoderModel:
             m.raw = dst
 
     def set_exact(self, exact: bool) -> None:
-        """exact=True: float activations in decode too (by default one-token matvecs quantize the
-        activations to 8 bits per 32, like llama.cpp; prompt batches are always float)."""
+        """exact=True: float activations in every matmul (by default the quantized types' matmuls,
+        prompt batches and decode steps alike, quantize the activations to 8 bits per 32, like
+        llama.cpp)."""
         for m in self.matrices():
             m.exact = bool(exact)
 

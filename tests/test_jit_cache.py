@@ -2,6 +2,7 @@
 kernels of modules whose dependencies (other files they inline) changed."""
 import importlib.util
 import sys
+from pathlib import Path
 
 from ggq.jit_cache import guard
 
@@ -28,7 +29,8 @@ def test_guard_clears_cached_kernels_when_a_dependency_changes(tmp_path):
     dep.write_text("A = 1\n")
     mod = _load(tmp_path / "jitmod_guard.py")
     assert mod.twice(3) == 6
-    cached = lambda: sorted(p.name for p in tmp_path.rglob("jitmod_guard.*.nb*"))  # noqa: E731
+    where = Path(mod.twice._cache._cache_path)  # __pycache__ here, or under NUMBA_CACHE_DIR if set
+    cached = lambda: sorted(p.name for p in where.rglob("jitmod_guard.*.nb*"))  # noqa: E731
     assert cached()                                   # Numba saved the kernel
     files = [tmp_path / "jitmod_guard.py", dep]
     guard([mod], files, "t")                          # first stamp: unknown history, cleared

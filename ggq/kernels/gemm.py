@@ -36,6 +36,7 @@ from numba.extending import intrinsic
 
 from ..jit_cache import guard
 from .common import HAS_VNNI, QK, _ok, f16
+from .kquants import _scale_min_k4
 
 GROUP = 16  # weight rows per packed group: one 512-bit vector of int32 / float32 lanes
 NT = 8      # activation rows per tile call
@@ -281,16 +282,6 @@ def _pack_legacy(w, rb, r0, rows, codes, dsc, msc, bs, doff, moff, qhoff, qsoff,
 
 
 @njit(inline="always")
-def _scale_min_k4(w, row, o, j):
-    # get_scale_min_k4 of ggml-quants.c: 6-bit scale and min of sub-block j from 12 bytes at o
-    if j < 4:
-        return np.float32(w[row + o + j] & 63), np.float32(w[row + o + j + 4] & 63)
-    sc = (w[row + o + j + 4] & 15) | ((w[row + o + j - 4] >> 6) << 4)
-    mn = (w[row + o + j + 4] >> 4) | ((w[row + o + j] >> 6) << 4)
-    return np.float32(sc), np.float32(mn)
-
-
-@njit(inline="always")
 def _pack_q45_k(w, rb, r0, rows, codes, dsc, msc, bs, five):
     nsb = dsc.size // (8 * GROUP)
     qs = 48 if five else 16
@@ -304,9 +295,9 @@ def _pack_q45_k(w, rb, r0, rows, codes, dsc, msc, bs, five):
             d = f16(w[row + o], w[row + o + 1])
             dmin = f16(w[row + o + 2], w[row + o + 3])
             for j in range(8):
-                sc, mn = _scale_min_k4(w, row, o + 4, j)
-                dsc[(8 * s + j) * GROUP + r] = d * sc
-                msc[(8 * s + j) * GROUP + r] = -(dmin * mn)
+                sc, mn = _scale_min_k4(w, row + o + 4, j)
+                dsc[(8 * s + j) * GROUP + r] = d * np.float32(sc)
+                msc[(8 * s + j) * GROUP + r] = -(dmin * np.float32(mn))
             for i in range(4):  # sub-blocks 2i (low nibbles) and 2i+1 (high) share 32 bytes
                 for q in range(8):
                     v = _u32(w, row, o + qs + 32 * i + 4 * q)
@@ -555,13 +546,8 @@ class Activations:
         self.xb16 = np.zeros((npad, 2 * nb), np.int32)
         self.xb32 = np.zeros((npad, nb), np.int32)
         bufs = (self.xq, self.xd, self.xs16, self.xs32, self.xb16, self.xb32)
-        nt = min(numba.get_num_threads(), n * cols // PARALLEL_QUANTIZE_MIN) if n > 1 else 1
-        cuts = [n * i // max(nt, 1) for i in range(max(nt, 1) + 1)]
-        jobs = [_workers().submit(quantize_rows, x[a:b], *(t[a:b] for t in bufs))
-                for a, b in zip(cuts[1:-1], cuts[2:])]
-        quantize_rows(x[:cuts[1]], *(t[:cuts[1]] for t in bufs))
-        for j in jobs:
-            j.result()
+        nt = min(numba.get_num_threads(), n * cols // PARALLEL_QUANTIZE_MIN)
+        _split(n, nt, lambda a, b: quantize_rows(x[a:b], *(t[a:b] for t in bufs)))
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -582,15 +568,23 @@ def gemm(name: str, w: np.ndarray, act: Activations, flavour=None, threads: int 
     out = np.empty((act.xq.shape[0], groups * GROUP), np.float32)
     xs, xb = (act.xs16, act.xb16) if B == 16 else (act.xs32, act.xb32)
     fl = FLAVOUR if flavour is None else flavour
-    nt = max(1, min(threads or numba.get_num_threads(), groups))
-    cuts = [groups * i // nt for i in range(nt + 1)]
-    jobs = [_workers().submit(kernel, w, cuts[i], cuts[i + 1], act.xq, act.xd, xs, xb, out, fl)
-            for i in range(1, nt)]
-    kernel(w, cuts[0], cuts[1], act.xq, act.xd, xs, xb, out, fl)
-    for j in jobs:
-        j.result()
+    _split(groups, threads or numba.get_num_threads(),
+           lambda g0, g1: kernel(w, g0, g1, act.xq, act.xd, xs, xb, out, fl))
     return out
 
 
-# the kernels inline common.py's f16 and the intrinsics here: Numba alone would not see an edit there
-guard([sys.modules[__name__]], [Path(__file__), Path(__file__).with_name("common.py")], "gemm")
+def _split(n: int, nt: int, run) -> None:
+    """run(a, b) over min(nt, n) (at least 1) contiguous ranges of 0..n at once: this thread
+    takes the first, pool threads the others (the kernels release the GIL)."""
+    nt = max(1, min(nt, n))
+    cuts = [n * i // nt for i in range(nt + 1)]
+    jobs = [_workers().submit(run, a, b) for a, b in zip(cuts[1:-1], cuts[2:])]
+    run(cuts[0], cuts[1])
+    for j in jobs:
+        j.result()
+
+
+# the kernels inline common.py's f16, kquants.py's _scale_min_k4 and the intrinsics here:
+# Numba alone would not see an edit there
+guard([sys.modules[__name__]], [Path(__file__)] + [Path(__file__).with_name(f) for f in ("common.py", "kquants.py")],
+      "gemm")

@@ -8,21 +8,30 @@ import click
 from ..errors import GGQError
 
 
-# command -> the module that defines it (imported only when the command runs or help lists it:
-# `ggq run` needs neither the converter nor the inspector)
-COMMANDS = {"convert": "convert", "inspect": "inspect", "verify": "inspect", "run": "run",
-            "bench": "run", "perplexity": "run", "export": "export"}
+# Each command lives in a module of this package, imported only when the command runs or help
+# lists it (`ggq run` needs neither the converter nor the inspector). A module named after its
+# command (serve.py -> `ggq serve`) needs no entry here; COMMANDS names the others.
+COMMANDS = {"verify": "inspect", "bench": "run", "perplexity": "run"}
+
+
+def _command_modules() -> dict[str, str]:
+    """command -> module: COMMANDS, plus every public module of this package as its own command."""
+    import pkgutil
+
+    mods = {m.name: m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+    return {**mods, **COMMANDS}
 
 
 class _LazyGroup(click.Group):
     def list_commands(self, ctx):
-        return sorted(set(COMMANDS) | set(self.commands))
+        return sorted(set(_command_modules()) | set(self.commands))
 
     def get_command(self, ctx, name):
-        if name not in self.commands and name in COMMANDS:
+        mods = _command_modules() if name not in self.commands else {}
+        if name in mods:
             import importlib
 
-            importlib.import_module(f"{__name__}.{COMMANDS[name]}")  # its @cli.command() adds it
+            importlib.import_module(f"{__name__}.{mods[name]}")  # its @cli.command() adds it
         return self.commands.get(name)
 
 
@@ -34,7 +43,10 @@ def cli() -> None:
 
 def _register() -> None:
     """Import every command module (main() imports only the one a command needs)."""
-    from . import convert, inspect, run, export  # noqa: F401  (each adds its commands to `cli`)
+    import importlib
+
+    for mod in set(_command_modules().values()):
+        importlib.import_module(f"{__name__}.{mod}")  # each adds its commands to `cli`
 
 
 def main(argv: list[str] | None = None) -> int:

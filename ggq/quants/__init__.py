@@ -1,6 +1,7 @@
 """Registry of tensor types. One module per family:
 floats (F32, F16, BF16), legacy (32-element Q4_0, Q4_1, Q5_0, Q5_1, Q8_0),
-kquants (256-element Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)."""
+kquants (256-element Q2_K, Q3_K, Q4_K, Q5_K, Q6_K),
+iquants (non-uniform 4-bit table: 32-element IQ4_NL, 256-element IQ4_XS)."""
 from __future__ import annotations
 
 from ..errors import QuantError
@@ -40,6 +41,6 @@ def all_types() -> list[QuantType]:
     return list(_BY_NAME.values())
 
 
-from . import floats, legacy, kquants  # noqa: E402,F401  (modules register their types)
+from . import floats, legacy, kquants, iquants  # noqa: E402,F401  (modules register their types)
 
 __all__ = ["QuantType", "as_rows", "register", "get_type", "find_by_id", "all_types"]

@@ -16,9 +16,25 @@ from ggq.kernels.common import HAS_VNNI, quantize_act8
 from ggq.runtime.linear import MATVEC_ROWS_MAX, linear
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from bench_kernels import INFO, random_weights  # noqa: E402
+from bench_kernels import INFO as _BENCH_INFO, random_weights as _bench_random_weights  # noqa: E402
 
 T = gguf.GGMLQuantizationType
+# the IQ4 types' (bytes per block, block, fp16 offsets) where the bench tool does not list them
+INFO = {"IQ4_NL": (18, 32, (0,)), "IQ4_XS": (136, 256, (0,)), **_BENCH_INFO}
+
+
+def random_weights(name, rows, cols, rng):
+    """Valid random blocks (the bench tool's, or the same recipe for the types it lacks):
+    random bytes with small finite fp16 scales; for IQ4_XS random 6-bit sub-block scales."""
+    if name in _BENCH_INFO:
+        return _bench_random_weights(name, rows, cols, rng)
+    nbytes, bs, f16o = INFO[name]
+    nb = cols // bs
+    w = rng.integers(0, 256, size=(rows, nb, nbytes), dtype=np.uint8)
+    for o in f16o:
+        w[:, :, o:o + 2] = (rng.random((rows, nb), dtype=np.float32) * 0.01 + 0.001
+                            ).astype(np.float16).view(np.uint8).reshape(rows, nb, 2)
+    return np.ascontiguousarray(w.reshape(rows, nb * nbytes))
 TYPES = list(G.GEMM)
 
 
@@ -92,7 +108,7 @@ def test_quantize_rows_matches_the_decode_quantizer(rng):
         np.testing.assert_allclose(act.xs16[i], x[i].reshape(16, 16).sum(axis=1), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_K", "Q6_K", "IQ4_NL", "IQ4_XS"])
 def test_linear_dispatch_short_and_long_batches(name, rng):
     """linear(): one row per matvec call up to MATVEC_ROWS_MAX rows, the GEMM above; exact=True
     is float math on the dequantized weights."""

@@ -10,24 +10,26 @@ from pathlib import Path
 
 import numpy as np
 
-from . import floats, kquants, legacy  # noqa: E402
+from . import floats, iquants, kquants, legacy  # noqa: E402
 from ..jit_cache import guard
 
-# the matvec kernels inline common.py's intrinsics: Numba alone would not see an edit there
-guard([floats, legacy, kquants], [Path(m.__file__) for m in (floats, legacy, kquants)]
-      + [Path(__file__).with_name("common.py")], "kernels")
+# the matvec kernels inline common.py's intrinsics (and iquants.py the quants' table): Numba
+# alone would not see an edit there
+guard([floats, legacy, kquants, iquants], [Path(m.__file__) for m in (floats, legacy, kquants, iquants)]
+      + [Path(__file__).with_name("common.py"), Path(__file__).parent.parent / "quants" / "iquants.py"],
+      "kernels")
 
-MATVEC = {**floats.MATVEC, **legacy.MATVEC, **kquants.MATVEC}
-DEQUANT = {**floats.DEQUANT, **legacy.DEQUANT, **kquants.DEQUANT}
+MATVEC = {**floats.MATVEC, **legacy.MATVEC, **kquants.MATVEC, **iquants.MATVEC}
+DEQUANT = {**floats.DEQUANT, **legacy.DEQUANT, **kquants.DEQUANT, **iquants.DEQUANT}
 
 # (elements, bytes) per block, GGML layouts: lets the runtime validate row sizes on its own
 BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2),
          "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
          "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176),
-         "Q6_K": (256, 210)}
+         "Q6_K": (256, 210), "IQ4_NL": (32, 18), "IQ4_XS": (256, 136)}
 
 # matvec kernels that quantize the activation vector to int8 (the others are exact float math)
-INT8_ACTIVATIONS = frozenset(legacy.MATVEC) | frozenset(kquants.MATVEC)
+INT8_ACTIVATIONS = frozenset(legacy.MATVEC) | frozenset(kquants.MATVEC) | frozenset(iquants.MATVEC)
 
 
 

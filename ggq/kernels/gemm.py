@@ -37,6 +37,7 @@ from numba.extending import intrinsic
 from ..jit_cache import guard
 from .common import HAS_VNNI, QK, _ok, f16
 from .kquants import _scale_min_k4
+from ..quants.iquants import KVALUES_IQ4NL
 
 GROUP = 16  # weight rows per packed group: one 512-bit vector of int32 / float32 lanes
 NT = 8      # activation rows per tile call
@@ -392,6 +393,60 @@ def _pack_q2_k(w, rb, r0, rows, codes, dsc, msc):
                         _put(codes, 16 * s + 8 * n + 2 * j + q // 4, q % 4, 4, r, v)
 
 
+# IQ4_NL / IQ4_XS: each nibble indexes the int8 table; packed as table value + 128 (unsigned
+# bytes 1..241, like Q8_0's codes) with bias 128
+_IQ4_U8 = (KVALUES_IQ4NL.astype(np.int32) + 128).astype(np.uint32)
+
+
+@njit(inline="always")
+def _iq4_words(w, row, o, codes, b, r):
+    """the 16 code bytes at w[row + o:] -> 8 words of 4 biased table values (elements 4q..4q+3
+    from the low nibbles, 16+4q.. from the high ones) into block b, row r"""
+    for q in range(4):
+        lo = np.uint32(0)
+        hi = np.uint32(0)
+        for k in range(4):
+            c = w[row + o + 4 * q + k]
+            lo |= _IQ4_U8[c & 15] << np.uint32(8 * k)
+            hi |= _IQ4_U8[c >> 4] << np.uint32(8 * k)
+        _put(codes, b, q, 8, r, lo)
+        _put(codes, b, q + 4, 8, r, hi)
+
+
+@njit(inline="always")
+def _pack_iq4_nl(w, rb, r0, rows, codes, dsc, msc):
+    nb = dsc.size // GROUP
+    for r in range(GROUP):
+        if r0 + r >= rows:
+            _clear(codes, dsc, msc, r)
+            continue
+        row = (r0 + r) * rb
+        for b in range(nb):
+            o = b * 18
+            dsc[b * GROUP + r] = f16(w[row + o], w[row + o + 1])
+            msc[b * GROUP + r] = 0.0
+            _iq4_words(w, row, o + 2, codes, b, r)
+
+
+@njit(inline="always")
+def _pack_iq4_xs(w, rb, r0, rows, codes, dsc, msc):
+    nsb = dsc.size // (8 * GROUP)
+    for r in range(GROUP):
+        if r0 + r >= rows:
+            _clear(codes, dsc, msc, r)
+            continue
+        row = (r0 + r) * rb
+        for s in range(nsb):
+            o = s * 136
+            d = f16(w[row + o], w[row + o + 1])
+            sh = np.int32(w[row + o + 2]) | (np.int32(w[row + o + 3]) << 8)
+            for ib in range(8):
+                ls = ((np.int32(w[row + o + 4 + ib // 2]) >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4)
+                dsc[(8 * s + ib) * GROUP + r] = d * np.float32(ls - 32)
+                msc[(8 * s + ib) * GROUP + r] = 0.0
+                _iq4_words(w, row, o + 8 + 16 * ib, codes, 8 * s + ib, r)
+
+
 # ---------------------------------------------------------------------------------------
 # kernels: (w uint8 (rows, row_bytes), groups g0..g1, activations from quantize_rows, out
 # float32 (npad, rows rounded up to 16), flavour): out[:, 16 g0 : 16 g1]. Serial and without
@@ -515,11 +570,33 @@ def gemm_q2_k(w, g0, g1, xq, xd, xs, xb, out, flavour):
             tile16m(codes, dsc, msc, nblk, 0, xq, xd, xs, xb, t0, out, g * GROUP, flavour)
 
 
+@njit(nogil=True, cache=True)
+def gemm_iq4_nl(w, g0, g1, xq, xd, xs, xb, out, flavour):
+    nblk = xq.shape[1] // 32
+    codes, dsc, msc = _scratch(nblk, 32)
+    wf = w.reshape(-1)
+    for g in range(g0, g1):
+        _pack_iq4_nl(wf, w.shape[1], g * GROUP, w.shape[0], codes, dsc, msc)
+        for t0 in range(0, xq.shape[0], NT):
+            tile32(codes, dsc, msc, nblk, 128, xq, xd, xs, xb, t0, out, g * GROUP, flavour)
+
+
+@njit(nogil=True, cache=True)
+def gemm_iq4_xs(w, g0, g1, xq, xd, xs, xb, out, flavour):
+    nblk = xq.shape[1] // 32
+    codes, dsc, msc = _scratch(nblk, 32)
+    wf = w.reshape(-1)
+    for g in range(g0, g1):
+        _pack_iq4_xs(wf, w.shape[1], g * GROUP, w.shape[0], codes, dsc, msc)
+        for t0 in range(0, xq.shape[0], NT):
+            tile32(codes, dsc, msc, nblk, 128, xq, xd, xs, xb, t0, out, g * GROUP, flavour)
+
+
 # name -> (kernel, block of the min/bias sums: 16 or 32)
 GEMM = {"Q8_0": (gemm_q8_0, 32), "Q4_0": (gemm_q4_0, 32), "Q4_1": (gemm_q4_1, 32),
         "Q5_0": (gemm_q5_0, 32), "Q5_1": (gemm_q5_1, 32), "Q2_K": (gemm_q2_k, 16),
         "Q3_K": (gemm_q3_k, 16), "Q4_K": (gemm_q4_k, 32), "Q5_K": (gemm_q5_k, 32),
-        "Q6_K": (gemm_q6_k, 16)}
+        "Q6_K": (gemm_q6_k, 16), "IQ4_NL": (gemm_iq4_nl, 32), "IQ4_XS": (gemm_iq4_xs, 32)}
 
 FLAVOUR_VNNI = np.zeros(0, np.uint8)
 FLAVOUR_GENERIC = np.zeros(0, np.int8)
@@ -584,7 +661,7 @@ def _split(n: int, nt: int, run) -> None:
         j.result()
 
 
-# the kernels inline common.py's f16, kquants.py's _scale_min_k4 and the intrinsics here:
-# Numba alone would not see an edit there
-guard([sys.modules[__name__]], [Path(__file__)] + [Path(__file__).with_name(f) for f in ("common.py", "kquants.py")],
-      "gemm")
+# the kernels inline common.py's f16, kquants.py's _scale_min_k4, the IQ4 table of
+# quants/iquants.py and the intrinsics here: Numba alone would not see an edit there
+guard([sys.modules[__name__]], [Path(__file__)] + [Path(__file__).with_name(f) for f in ("common.py", "kquants.py")]
+      + [Path(__file__).parent.parent / "quants" / "iquants.py"], "gemm")

@@ -7,7 +7,17 @@
 - _M/_S mixtures give attn_v and ffn_down more bits on some layers (use_more_bits: the first and
   last eighth of the layers and every third one between).
 - A tensor whose row length the chosen type's block does not divide falls back like llama.cpp:
-  Q2_K/Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, and to F16 if that fails too.
+  Q2_K/Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, IQ4_XS -> IQ4_NL, and to F16 if
+  that fails too.
+- iq4_nl / iq4_xs: llama.cpp's LLAMA_FTYPE_MOSTLY_IQ4_NL / _XS recipe (attn_v Q5_K when
+  n_head / n_head_kv >= 4; ffn_down Q5_K on the first eighth of the layers without an imatrix).
+- *_fit presets ("fit the bit budget"): the same recipe as the llama.cpp preset of the same name
+  wherever the 256-element super-block divides the rows (identical types there), but a row
+  length 256 does not divide gets a 32-element type of about the same bits per weight instead of
+  llama.cpp's more expensive fallback: Q2_K/Q3_K/Q4_K -> IQ4_NL (4.5 bpw; llama.cpp: Q4_0 4.5,
+  Q5_0 5.5), Q5_K -> Q5_0 (5.5; llama.cpp: Q5_1 6.0), Q6_K -> Q5_1 (6.0; llama.cpp: Q8_0 8.5),
+  and output.weight (token_embd.weight when tied) is Q6_K, then that fallback, where llama.cpp
+  goes straight to Q8_0. SmolLM2's 576-wide rows: q4_k_m 6.17 bits per weight, q4_k_m_fit 4.8.
 - `keep` (default for GGUF input) keeps every tensor's source type.
 - overrides: (fnmatch pattern, type) pairs on tensor names, later wins, then the fallback
   above. They apply to 2-D tensors only (1-D ones are F32 by contract).
@@ -25,11 +35,18 @@ PRESETS: dict[str, str] = {
     "q2_k": "Q2_K", "q3_k_m": "Q3_K",
     "q4_k_s": "Q4_K", "q4_k_m": "Q4_K", "q5_k_s": "Q5_K", "q5_k_m": "Q5_K", "q6_k": "Q6_K",
     "q4_0": "Q4_0", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1", "q8_0": "Q8_0",
+    "iq4_nl": "IQ4_NL", "iq4_xs": "IQ4_XS",
     "f16": "F16", "bf16": "BF16", "f32": "F32",
     "keep": "",
 }
+FIT = "_fit"  # suffix of the presets that keep the bit budget on rows 256 does not divide
+FIT_PRESETS = ("q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
+PRESETS.update({p + FIT: PRESETS[p] for p in FIT_PRESETS})
 FLOAT_TYPES = ("F32", "F16", "BF16")
-FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
+            "IQ4_XS": "IQ4_NL"}
+FALLBACK_FIT = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "Q4_K": "IQ4_NL", "Q5_K": "Q5_0", "Q6_K": "Q5_1",
+                "IQ4_XS": "IQ4_NL"}
 _BLK = re.compile(r"^blk\.(\d+)\.")
 
 
@@ -55,12 +72,23 @@ def use_more_bits(i_layer: int, n_layers: int) -> bool:
     return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
 
 
-def fallback(type_name: str, cols: int) -> str:
+def fallback(type_name: str, cols: int, fit: bool = False) -> str:
+    """The type a row of `cols` gets when type_name's block does not divide it (llama.cpp's
+    choice, or with fit=True the one keeping about the same bits per weight); F16 if neither fits."""
     qt = get_type(type_name)
     if qt.supports(cols):
         return qt.name
-    t = FALLBACK.get(qt.name, qt.name)
+    t = (FALLBACK_FIT if fit else FALLBACK).get(qt.name, qt.name)
     return t if get_type(t).supports(cols) else "F16"
+
+
+def fallback_note(wanted: str, got: str, cols: int) -> str:
+    """One line saying why a tensor is not of the type its preset chose ('' if it is)."""
+    if wanted == got:
+        return ""
+    a, b = get_type(wanted), get_type(got)
+    return (f"{wanted} -> {got}: {cols} columns are not a multiple of {wanted}'s {a.block_size}-element "
+            f"block ({a.bits_per_weight:.2f} -> {b.bits_per_weight:.2f} bits per weight)")
 
 
 def _category(name: str) -> str:
@@ -74,20 +102,26 @@ def _category(name: str) -> str:
     return "other"
 
 
-def _mixture(preset: str, name: str, cols: int, n_layers: int, n_gqa: int, tied: bool) -> str:
+def _mixture(preset: str, name: str, cols: int, n_layers: int, n_gqa: int, tied: bool,
+             has_imatrix: bool = False) -> str:
+    fit = preset.endswith(FIT)
     base = PRESETS[preset]
+    preset = preset[:-len(FIT)] if fit else preset  # the llama.cpp recipe it follows
     new = base
     cat = _category(name)
     m = _BLK.match(name)
     i = int(m.group(1)) if m else 0
     n = n_layers
     if cat == "output" or (tied and cat == "token_embd"):
-        if cols % get_type(base).block_size:
+        if cols % get_type(base).block_size and not fit:
             new = "Q8_0"
         elif base != "Q8_0":
             new = "Q6_K"
     elif cat == "attn_v":
-        if preset == "q2_k":
+        if preset in ("iq4_nl", "iq4_xs"):
+            if n_gqa >= 4:
+                new = "Q5_K"
+        elif preset == "q2_k":
             new = "Q4_K" if n_gqa >= 4 else "Q3_K"
         elif preset == "q3_k_m":
             new = "Q5_K" if i < 2 else "Q4_K"
@@ -96,7 +130,10 @@ def _mixture(preset: str, name: str, cols: int, n_layers: int, n_gqa: int, tied:
         elif preset == "q4_k_s" and i < 4:
             new = "Q5_K"
     elif cat == "ffn_down":
-        if preset == "q2_k":
+        if preset in ("iq4_nl", "iq4_xs"):
+            if i < n // 8 and not has_imatrix:
+                new = "Q5_K"
+        elif preset == "q2_k":
             new = "Q3_K"
         elif preset == "q3_k_m":
             new = "Q5_K" if i < n // 16 else "Q4_K"
@@ -115,9 +152,13 @@ def _mixture(preset: str, name: str, cols: int, n_layers: int, n_gqa: int, tied:
 
 def plan_types(shapes: dict[str, tuple[int, ...]], preset: str, *, n_layers: int, n_head: int,
                n_head_kv: int, tied: bool, source_types: dict[str, str] | None = None,
-               overrides=()) -> dict[str, str]:
-    """{tensor name: type name} for every tensor of `shapes` (numpy shapes, in file order)."""
+               overrides=(), has_imatrix: bool = False, notes: dict | None = None) -> dict[str, str]:
+    """{tensor name: type name} for every tensor of `shapes` (numpy shapes, in file order).
+    has_imatrix: an importance matrix will be used (llama.cpp's recipes differ for iq4_*).
+    notes: if given, filled with {tensor name: fallback_note(...)} for every tensor whose chosen
+    type did not fit its rows (what `convert --dry-run` should show)."""
     preset = normalize_preset(preset)
+    fit = preset.endswith(FIT)
     ovs = [parse_override(o) if isinstance(o, str) else (o[0], get_type(o[1]).name) for o in overrides]
     if preset == "keep" and source_types is None:
         raise ConvertError("preset 'keep' needs a source with typed tensors")
@@ -134,11 +175,13 @@ def plan_types(shapes: dict[str, tuple[int, ...]], preset: str, *, n_layers: int
         elif PRESETS[preset] in FLOAT_TYPES:
             t = PRESETS[preset]
         else:
-            t = _mixture(preset, name, cols, n_layers, n_gqa, tied)
+            t = _mixture(preset, name, cols, n_layers, n_gqa, tied, has_imatrix)
         for k, (pat, typ) in enumerate(ovs):
             if fnmatch.fnmatchcase(name, pat):
                 t, used[k] = typ, True
-        out[name] = fallback(t, cols)
+        out[name] = fallback(t, cols, fit)
+        if notes is not None and out[name] != t:
+            notes[name] = fallback_note(t, out[name], cols)
     for (pat, _), u in zip(ovs, used):
         if not u:
             raise ConvertError(f"override pattern {pat!r} matches no 2-D tensor")

@@ -1,0 +1,244 @@
+"""IQ4_NL / IQ4_XS: bytes vs gguf-py's dequantizers and llama.cpp's own quantizer, the search
+mode against the reference, imatrix, errors, and the fused kernels against NumPy.
+
+References are independent of our code: gguf-py's numpy dequantizers, llama.cpp's ggml-quants.c
+compiled with the system C compiler (the ggml_ref fixture of test_quants_kquants), and plain
+NumPy products of the dequantized weights."""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize as gguf_dequantize
+from numba import njit, prange
+
+from ggq.errors import QuantError
+from ggq.kernels import BLOCK, DEQUANT, INT8_ACTIVATIONS, MATVEC
+from ggq.kernels import iquants as K
+from ggq.kernels.common import HAS_VNNI, NR, act8, put_rows
+from ggq.quants import get_type
+from ggq.quants.iquants import KVALUES_IQ4NL
+from ggq.runtime.linear import dequantize_rows, linear
+from test_quants_kquants import ggml_ref  # noqa: F401  (fixture: llama.cpp's ggml-quants.c built once)
+
+NAMES = ["IQ4_NL", "IQ4_XS"]
+LAYOUT = {"IQ4_NL": (20, 32, 18), "IQ4_XS": (23, 256, 136)}  # ggml id, block, bytes (ggml-common.h)
+
+
+def _data(kind, shape, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "gauss":
+        return rng.standard_normal(shape).astype(np.float32)
+    return rng.standard_t(3, shape).astype(np.float32)
+
+
+def _random_blocks(name, rows, nblocks, rng):
+    """Random bytes with the fp16 d replaced by a random finite fp16 (any exponent)."""
+    _, _, size = LAYOUT[name]
+    data = rng.integers(0, 256, (rows, nblocks, size), dtype=np.uint8)
+    h = rng.integers(0, 1 << 16, (rows, nblocks), dtype=np.uint16)
+    h[(h & 0x7C00) == 0x7C00] ^= 0x4000  # inf/nan exponent -> finite
+    data[:, :, 0:2] = h.view(np.uint8).reshape(rows, nblocks, 2)
+    return data.reshape(rows, nblocks * size)
+
+
+def _gguf(qt, q, cols):
+    return gguf_dequantize(q, GGMLQuantizationType(qt.ggml_id)).reshape(q.shape[0], cols)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_registry(name):
+    gid, bs, size = LAYOUT[name]
+    qt = get_type(name)
+    assert (qt.ggml_id, qt.block_size, qt.type_size) == (gid, bs, size)
+    assert get_type(gid) is qt and BLOCK[name] == (bs, size)
+    assert name in MATVEC and name in DEQUANT and name in INT8_ACTIVATIONS
+    assert qt.bits_per_weight == {"IQ4_NL": 4.5, "IQ4_XS": 4.25}[name]
+    # the table is ggml-common.h's kvalues_iq4nl, as gguf-py has it too
+    from gguf.quants import IQ4_NL as G
+    assert KVALUES_IQ4NL.tolist() == list(G.kvalues)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dequantize_random_blocks_bit_exact(name):
+    qt = get_type(name)
+    rng = np.random.default_rng(11)
+    nb = 3 if name == "IQ4_XS" else 7
+    q = _random_blocks(name, 9, nb, rng)
+    cols = nb * qt.block_size
+    y = qt.dequantize(q, cols)
+    assert np.array_equal(y.view(np.uint32), _gguf(qt, q, cols).view(np.uint32))
+    # the runtime's decode (tiles for --exact, embeddings) too
+    assert np.array_equal(dequantize_rows(name, q, cols, 2, 7), y[2:7])
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("search", [False, True])
+def test_own_output_bit_exact_and_error_bound(name, search):
+    qt = get_type(name)
+    for kind, bound in (("gauss", 0.105), ("t3", 0.125)):
+        x = _data(kind, (32, 512), 1)
+        q = qt.quantize(x, search=search)
+        y = qt.dequantize(q, 512)
+        assert np.array_equal(y.view(np.uint32), _gguf(qt, q, 512).view(np.uint32))
+        rel = np.sqrt(np.mean((x - y) ** 2) / np.mean(x ** 2))
+        assert rel < bound, (kind, rel)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_quantize_matches_llamacpp(ggml_ref, name):  # noqa: F811
+    """search=False reproduces llama.cpp's quantize_iq4_nl / quantize_iq4_xs bytes (what
+    llama-quantize writes), plain and with an importance matrix, on odd data too."""
+    qt = get_type(name)
+    fn = getattr(ggml_ref, "quantize_" + name.lower())
+    fn.restype = ctypes.c_size_t
+    rng = np.random.default_rng(3)
+    imp = (rng.random(512).astype(np.float32) ** 3) * 10
+    sparse = np.zeros((2, 512), np.float32)
+    sparse[0, :40] = rng.standard_normal(40)  # zero blocks after a non-zero one
+    xs = [_data("gauss", (16, 512), 5), _data("t3", (16, 512), 6),
+          np.abs(_data("gauss", (4, 512), 8)), _data("gauss", (4, 512), 9) * np.float32(1e-3),
+          np.zeros((2, 512), np.float32), sparse]
+    for x in xs:
+        for w in (None, imp):
+            ref = np.zeros((x.shape[0], qt.row_bytes(512)), np.uint8)
+            fn(x.ctypes.data_as(ctypes.c_void_p), ref.ctypes.data_as(ctypes.c_void_p),
+               ctypes.c_int64(x.shape[0]), ctypes.c_int64(512),
+               None if w is None else w.ctypes.data_as(ctypes.c_void_p))
+            assert np.array_equal(qt.quantize(x, imatrix=w), ref)
+
+
+def _werr_blocks(x, y, w, n):
+    return (w * (x - y) ** 2).reshape(x.shape[0], -1, n).sum(axis=2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_search_never_worse_than_reference_per_block(name):
+    """The search keeps the reference block unless it found a lower weighted error, measured on
+    the decoded values: block by block, in the search's own weights (with and without imatrix)."""
+    qt = get_type(name)
+    n = qt.block_size
+    rng = np.random.default_rng(21)
+    x = _data("t3", (24, 512), 2)
+    imp = (rng.random(512).astype(np.float32) ** 4) * 5
+    for w in (None, imp):
+        ref = qt.dequantize(qt.quantize(x, imatrix=w), 512)
+        srch = qt.dequantize(qt.quantize(x, imatrix=w, search=True), 512)
+        xb = x.reshape(x.shape[0], -1, n)
+        sigma2 = 2 * (xb.astype(np.float64) ** 2).mean(axis=2, keepdims=True)
+        ww = np.sqrt(sigma2 + xb.astype(np.float64) ** 2)
+        if w is not None:
+            ww = ww * w.reshape(1, -1, n)
+        ww = ww.reshape(x.shape)
+        er, es = _werr_blocks(x, ref, ww, n), _werr_blocks(x, srch, ww, n)
+        assert (es <= er * (1 + 1e-5) + 1e-12).all()
+        assert es.sum() < 0.97 * er.sum()  # and better overall by a clear margin
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("search", [False, True])
+def test_imatrix_lowers_weighted_error(name, search):
+    """On skewed importances, the importance-weighted error is lower with the matrix than without."""
+    qt = get_type(name)
+    rng = np.random.default_rng(4)
+    x = _data("gauss", (32, 512), 7)
+    imp = np.exp(rng.standard_normal(512) * 2).astype(np.float32)
+
+    def werr(q):
+        return float((imp * (x - qt.dequantize(q, 512)) ** 2).sum())
+
+    assert werr(qt.quantize(x, imatrix=imp, search=search)) < 0.9 * werr(qt.quantize(x, search=search))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_input_raises_quant_error(name):
+    qt = get_type(name)
+    with pytest.raises(QuantError, match="multiple"):
+        qt.quantize(np.zeros((2, qt.block_size + 16), np.float32))
+    x = np.zeros((2, 256), np.float32)
+    with pytest.raises(QuantError, match="importance"):
+        qt.quantize(x, imatrix=np.ones(255, np.float32))
+    with pytest.raises(QuantError, match="importance"):
+        qt.quantize(x, imatrix=-np.ones(256, np.float32))
+    x[1, 3] = np.nan
+    with pytest.raises(QuantError, match="NaN"):
+        qt.quantize(x)
+    with pytest.raises(QuantError):
+        qt.dequantize(np.zeros((2, qt.type_size + 1), np.uint8), qt.block_size)
+    with pytest.raises(QuantError):
+        qt.dequantize(np.zeros((2, qt.type_size), np.float32), qt.block_size)
+
+
+# --------------------------------------------------------------------------- kernels
+
+def _act_ref(a):
+    """The activations as the kernels see them: int8 per 32, round(x / d), d = absmax / 127."""
+    b = a.reshape(-1, 32).astype(np.float32)
+    d = np.abs(b).max(axis=1) / np.float32(127)
+    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
+    return (np.round(b * inv[:, None]).astype(np.float64) * d[:, None]).reshape(-1)
+
+
+# the portable lookup (a select chain instead of SSSE3's pshufb), compiled here, uncached
+_rows_sel = {(n, v): K._iq4_rows_intrinsic(n.lower(), v, pshufb=False) for n in NAMES for v in (False, True)}
+
+
+def _sel_kernel(name, vnni):
+    rows_fn = _rows_sel[(name, vnni)]
+    per = 32 if name == "IQ4_NL" else 256
+
+    @njit(parallel=True)
+    def mv(w, x, y):
+        rows, rb = w.shape
+        xq, xd, xp, xs = act8(x)
+        wf = w.reshape(-1)
+        for g in prange((rows + NR - 1) // NR):
+            put_rows(y, g * NR, rows, rows_fn(wf, g * NR, rows, rb, x.size // per, xq, xd, xp, xs))
+    return mv
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_matvec_all_flavours_match_numpy(name):
+    """Every flavour of the decode matvec equals the float64 product of gguf's dequantized
+    weights with the int8-rounded activations, on odd shapes (rows not a multiple of NR)."""
+    qt = get_type(name)
+    rng = np.random.default_rng(5)
+    kernels = [("generic", K.MATVEC_GENERIC[name])]
+    if HAS_VNNI:
+        kernels.append(("vnni", K.MATVEC_VNNI[name]))
+    kernels += [("generic-select", _sel_kernel(name, False))]
+    if HAS_VNNI:
+        kernels.append(("vnni-select", _sel_kernel(name, True)))
+    for rows, cols in ((37, 2 * qt.block_size if name == "IQ4_XS" else 160), (3, 768), (1, 256)):
+        w = qt.quantize(_data("t3", (rows, cols), rows))
+        w.flags.writeable = False
+        W = _gguf(qt, w, cols).astype(np.float64)
+        x = rng.standard_normal(cols).astype(np.float32)
+        x[:32] *= 1e-3   # a tiny block
+        x[40] = 30.0     # an outlier
+        ref = W @ _act_ref(x)
+        tol = 1e-5 * np.abs(W).sum(axis=1).max() * np.abs(x).max()
+        for label, mv in kernels:
+            y = np.zeros(rows, np.float32)
+            mv(w, x, y)
+            assert np.abs(y - ref).max() <= tol, (label, rows, cols, np.abs(y - ref).max() / tol)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_linear_exact_and_int8_paths(name):
+    """runtime.linear: exact=True is float math on the decoded weights; the default int8 path
+    (matvec per row, and the GEMM for longer batches) agrees with it within int8 rounding."""
+    qt = get_type(name)
+    rng = np.random.default_rng(8)
+    rows, cols = 45, 512
+    w = qt.quantize(_data("gauss", (rows, cols), 3), search=True)
+    W = _gguf(qt, w, cols).astype(np.float64)
+    x = rng.standard_normal((13, cols)).astype(np.float32)
+    ref = x.astype(np.float64) @ W.T
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(linear(name, w, cols, x, exact=True), ref, rtol=0, atol=1e-5 * scale)
+    for n in (1, 3, 13):
+        y = linear(name, w, cols, x[:n])
+        assert np.abs(y - ref[:n]).max() < 3e-2 * scale

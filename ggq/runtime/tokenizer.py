@@ -215,8 +215,28 @@ class Tokenizer:
         if system is not None:
             messages.append({"role": "system", "content": system})
         messages.append({"role": "user", "content": prompt})
+        return self.messages_ids(messages, True)
+
+    def messages_ids(self, messages, add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a whole conversation [{"role": str, "content": str}, ...] rendered with
+        the chat template (multi-turn; add_generation_prompt opens the assistant's turn)."""
+        check_messages(messages)
         # transformers tokenizes the rendered chat with add_special_tokens=False
-        return self.encode(self.apply_chat_template(messages, True), add_bos=False)
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt), add_bos=False)
+
+
+def check_messages(messages) -> None:
+    """A conversation is a non-empty list of {"role": str, "content": str} (one line naming the
+    first message that is not)."""
+    if not isinstance(messages, list) or not messages:
+        raise UsageError("messages must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise UsageError(f"messages[{i}] must be an object with role and content")
+        if not isinstance(m.get("role"), str) or not m["role"]:
+            raise UsageError(f"messages[{i}].role must be a non-empty string")
+        if not isinstance(m.get("content"), str):
+            raise UsageError(f"messages[{i}].content must be a string")
 
 
 _TEMPLATES: dict = {}

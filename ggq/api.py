@@ -105,7 +105,8 @@ def set_threads(threads) -> int:
 class Model:
     """A loaded model: weights mmapped, KV cache of n_ctx positions, embedded tokenizer."""
 
-    def __init__(self, path, n_ctx: int | None = None, threads: int | None = None, use_mmap: bool = True):
+    def __init__(self, path, n_ctx: int | None = None, threads: int | None = None, use_mmap: bool = True,
+                 n_gpu_layers: int = 0, device: str | None = None, log=None):
         from .format import GGQReader
         from .models import build_model
         from .runtime.tokenizer import Tokenizer
@@ -114,11 +115,17 @@ class Model:
         if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1):
             raise UsageError(f"context size must be a positive integer (got {n_ctx!r})")
         self.threads = set_threads(threads)
+        offload = None
+        if n_gpu_layers or device is not None:
+            from .torch_backend import resolve_offload
+
+            offload = resolve_offload(n_gpu_layers, device, log=log or _log_stderr)
         self.path = Path(path)
         self.reader = GGQReader(self.path)
         try:
             # the forward pass of the file's architecture (Llama, Gemma3); named .llama for history
-            self.llama = build_model(self.reader, n_ctx=n_ctx, source=self.path.name, use_mmap=use_mmap)
+            self.llama = build_model(self.reader, n_ctx=n_ctx, source=self.path.name, use_mmap=use_mmap,
+                                     offload=offload)
             self.tokenizer = Tokenizer(self.reader.metadata, source=self.path.name)
         except BaseException:
             self.reader.close()
@@ -210,8 +217,12 @@ class Model:
 
 
 def load(path=None, n_ctx: int | None = None, threads: int | None = None, log=None,
-         use_mmap: bool = True) -> Model:
+         use_mmap: bool = True, n_gpu_layers: int = 0, device: str | None = None) -> Model:
     """Load a model for inference. path: a .ggq file, a .gguf file (imported once into the
     cache with its tensors copied as they are), or None for the default model.
-    use_mmap=False copies the weights into memory (faster decode, slower load)."""
-    return Model(resolve_model_path(path, log), n_ctx=n_ctx, threads=threads, use_mmap=use_mmap)
+    use_mmap=False copies the weights into memory (faster decode, slower load).
+    n_gpu_layers=N runs the last N layers with torch on `device` (default: the first CUDA
+    device; "cpu": torch on the CPU), N above the layer count the output matrix too, as
+    llama.cpp's -ngl; without torch or CUDA, one line through log (stderr) and the CPU engine."""
+    return Model(resolve_model_path(path, log), n_ctx=n_ctx, threads=threads, use_mmap=use_mmap,
+                 n_gpu_layers=n_gpu_layers, device=device, log=log)

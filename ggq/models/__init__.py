@@ -37,9 +37,12 @@ def _guard_cache(mod) -> None:
     guard([mod], [Path(mod.__file__), Path(base.__file__)], mod.__name__.rsplit(".", 1)[-1])
 
 
-def build_model(reader, n_ctx: int | None = None, source: str = "model", use_mmap: bool = True):
+def build_model(reader, n_ctx: int | None = None, source: str = "model", use_mmap: bool = True,
+                offload=None):
     """The forward-pass object (Llama, Gemma3, ...) for a GGQReader's file. All have the same
     interface: forward(tokens, start_pos, all_logits), config, n_ctx, vocab_size, set_exact(),
-    matrices()."""
+    matrices(). offload: None (every layer on the CPU engine) or an object with n_layers (how
+    many of the last layers) and ops (their backend, e.g. ggq.torch_backend.TorchOps)."""
     arch = reader.metadata.get("general.architecture", "llama")  # absent: llama, as always before
-    return model_class(str(arch), source)(reader, n_ctx=n_ctx, source=source, use_mmap=use_mmap)
+    return model_class(str(arch), source)(reader, n_ctx=n_ctx, source=source, use_mmap=use_mmap,
+                                          offload=offload)

@@ -10,9 +10,13 @@
 - Matrix (a weight as stored, called as y = W x; one row calls the type's matvec kernel
   directly), Stacked (matrices that read the same input, one kernel call when they lie back to
   back in memory), vector (a 1-D norm weight), kv_cache.
-- DecoderModel: loading of embeddings/output, context size, KV cache, --no-mmap copy,
-  set_exact, matrices(), token checks and the per-layer attention dispatch. An architecture
-  subclasses it and writes its own __init__ (layers) and forward().
+- CpuOps (the object CPU): the calls a forward pass makes on a layer's activations (norms,
+  attention, gated activations, moving tensors in), on numpy arrays with the kernels above. A
+  backend for another device (ggq.torch_backend.TorchOps) answers the same calls on its own
+  tensors, so each architecture's forward() is written once, in terms of `L.ops`.
+- DecoderModel: loading of embeddings/output, context size, per-layer KV caches, placement of
+  layers on a backend (-ngl), --no-mmap copy, set_exact, matrices(), token checks. An
+  architecture subclasses it and writes its own __init__ (layers) and forward().
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from numba import njit, prange
 from ..errors import ModelError, UsageError
 from ..kernels import BLOCK, MATVEC
 from ..kernels.floats import VIEW
-from ..runtime.blas import blas_set_threads
+from ..runtime.blas import blas_get_threads, blas_set_threads
 from ..runtime.linear import activations, embedding_rows, linear, uses_gemm
 
 
@@ -111,6 +115,67 @@ def add_rmsnorm(x, y, w, eps, y_norm):
 
 
 NO_NORM = np.zeros(0, np.float32)  # add_rmsnorm's y_norm for a plain residual add
+
+
+# Gated activations of the feed-forward blocks (llama: SwiGLU, Gemma: GeGLU with tanh GELU).
+# Batches go through numpy's vectorized ufuncs (the Numba loops call the scalar libm exp/tanh
+# per element: 3x / 10x slower there); one row (decode) through the loop, which costs less
+# than the ufunc calls.
+
+@njit(cache=True)
+def _silu_mul_loop(g, u):
+    n, d = g.shape
+    out = np.empty_like(g)
+    for i in range(n):
+        for j in range(d):
+            a = g[i, j]
+            out[i, j] = a / (np.float32(1.0) + np.exp(-a)) * u[i, j]
+    return out
+
+
+def silu_mul(g, u):
+    """silu(g) * u = g / (1 + e**-g) * u, float32."""
+    if g.shape[0] == 1:
+        return _silu_mul_loop(g, u)
+    t = np.negative(g, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # e**-g = inf for g < -88: the product is -0
+        np.exp(t, out=t)
+        t += np.float32(1.0)
+        np.divide(g, t, out=t)
+        t *= u
+    return t
+
+
+@njit(cache=True)
+def _gelu_tanh_mul_loop(g, u):
+    n, d = g.shape
+    out = np.empty_like(g)
+    c = np.float32(math.sqrt(2.0 / math.pi))
+    for i in range(n):
+        for j in range(d):
+            a = g[i, j]
+            t = np.tanh(c * (a + np.float32(0.044715) * a * a * a))
+            out[i, j] = np.float32(0.5) * a * (np.float32(1.0) + t) * u[i, j]
+    return out
+
+
+def gelu_tanh_mul(g, u):
+    """gelu(g) * u with GELU's tanh approximation, 0.5 g (1 + tanh(c (g + 0.044715 g**3))) u,
+    float32."""
+    if g.shape[0] == 1:
+        return _gelu_tanh_mul_loop(g, u)
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = np.multiply(g, g, dtype=np.float32)
+        t *= np.float32(0.044715)
+        t *= g
+        t += g
+        t *= np.float32(math.sqrt(2.0 / math.pi))
+        np.tanh(t, out=t)
+        t += np.float32(1.0)
+        t *= g
+        t *= np.float32(0.5)
+        t *= u
+    return t
 
 
 @njit(cache=True)
@@ -453,18 +518,142 @@ def check_heads(source: str, n_heads: int, n_kv_heads: int, head_dim: int) -> No
 
 
 # ---------------------------------------------------------------------------------------------
+# what a forward pass calls per layer, on the CPU
+
+class Rope:
+    """Rotary cos/sin tables (ctx, head_dim/2) of one frequency set; a backend slices (and
+    moves) them once per forward call."""
+    __slots__ = ("cos", "sin")
+
+    def __init__(self, n_ctx: int, inv_freq: np.ndarray):
+        self.cos, self.sin = rope_tables(n_ctx, inv_freq)
+
+
+class Step:
+    """One forward call: its first position and token count, and what the backends derive from
+    them once for all layers (rope slices, attention masks), in memo."""
+    __slots__ = ("start", "n", "memo")
+
+    def __init__(self, start: int, n: int):
+        self.start, self.n, self.memo = int(start), int(n), {}
+
+
+class KVCache:
+    """One layer's keys and values (kv_heads, ctx, head_dim) on its backend, with the head counts."""
+    __slots__ = ("k", "v", "n_heads", "n_kv_heads", "head_dim")
+
+    def __init__(self, k, v, n_heads: int, n_kv_heads: int, head_dim: int):
+        self.k, self.v = k, v
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+
+
+class CpuOps:
+    """The Numba/numpy backend: activations are float32 numpy arrays (n, features)."""
+    name = "cpu"
+    is_cpu = True
+    # Prompt batches at least this long use BLAS attention; shorter ones the Numba kernel.
+    BLAS_ATTENTION_MIN = 16
+
+    def adopt(self, m):                 # weights stay where the file maps them
+        return m
+
+    def stacked(self, *mats):
+        return Stacked(*mats)
+
+    def vector(self, a):
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def take(self, x):
+        """x as this backend's array (from another backend: copied to host memory)."""
+        if type(x) is np.ndarray:
+            return x
+        return np.ascontiguousarray(x.detach().to("cpu").float().numpy())
+
+    def to_numpy(self, x) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32)
+
+    @staticmethod
+    def rmsnorm(x, w, eps):
+        return rmsnorm(x, w, eps)
+
+    @staticmethod
+    def add_rmsnorm(x, y, w, eps, y_norm=None):
+        """x += y (y first normed with y_norm, Gemma's post-norms); returns rmsnorm(x, w)."""
+        return add_rmsnorm(x, y, w, eps, NO_NORM if y_norm is None else y_norm)
+
+    @staticmethod
+    def head_rmsnorm(y, w, eps, head_dim):
+        """rmsnorm of each head_dim slice of y (n, heads*head_dim) with the shared weight w."""
+        n = y.shape[0]
+        return rmsnorm(np.ascontiguousarray(y).reshape(-1, head_dim), w, eps).reshape(n, -1)
+
+    @staticmethod
+    def silu_mul(g, u):
+        return silu_mul(g, u)
+
+    @staticmethod
+    def gelu_tanh_mul(g, u):
+        return gelu_tanh_mul(g, u)
+
+    def kv_cache(self, n_layers: int, n_heads: int, n_kv_heads: int, n_ctx: int, head_dim: int) -> list:
+        """Per-layer caches, views of one lazily zeroed block (only used positions are resident)."""
+        ck, cv = kv_cache(n_layers, n_kv_heads, n_ctx, head_dim)
+        return [KVCache(ck[i], cv[i], n_heads, n_kv_heads, head_dim) for i in range(n_layers)]
+
+    def _rope(self, rope: Rope, step: Step):
+        key = ("rope", id(rope))
+        cs = step.memo.get(key)
+        if cs is None:
+            at = slice(step.start, step.start + step.n)
+            cs = step.memo[key] = (rope.cos[at], rope.sin[at])
+        return cs
+
+    def attend(self, kv: KVCache, q, k, v, step: Step, rope: Rope, scale, window: int = 0):
+        """Attention of queries q (n, heads*head_dim) at positions step.start..: rope on q and
+        k, k and v into the cache, softmax(q K^T * scale) V over the keys each query sees
+        (causal; with window > 0 only the last `window` positions)."""
+        nh, nkv, hd = kv.n_heads, kv.n_kv_heads, kv.head_dim
+        start, n = step.start, step.n
+        cos, sin = self._rope(rope, step)
+        if n >= self.BLAS_ATTENTION_MIN:
+            key = ("mask", window)
+            mask = step.memo.get(key)
+            if mask is None:
+                mask = step.memo[key] = causal_mask(start, n, window)
+            blas_n = step.memo.get("blas")
+            if blas_n is None:
+                blas_n = step.memo["blas"] = blas_get_threads() or 1
+            rope_inplace(q, cos, sin, nh, hd)
+            rope_inplace(k, cos, sin, nkv, hd)
+            store_kv(kv.k, kv.v, k, v, start, nkv, hd)
+            # small per-head matmuls: one BLAS thread (see runtime.generate, BLAS threads)
+            blas_set_threads(1)
+            a = attention_blas(q, kv.k, kv.v, start, nh, nkv, hd, scale, mask, window)
+            blas_set_threads(blas_n)
+            return a
+        keys = start + n if window <= 0 else min(start + n, window)
+        attend = rope_store_attend_par if keys * n >= PARALLEL_ATTENTION_MIN else rope_store_attend
+        return attend(q, k, v, cos, sin, kv.k, kv.v, start, nh, nkv, hd, scale, window)
+
+
+CPU = CpuOps()
+
+
+# ---------------------------------------------------------------------------------------------
 # the model skeleton
 
 class DecoderModel:
     """Shared parts of a decoder-only forward pass over a GGQReader's tensors.
 
-    A subclass sets `config` (with n_layers, dim, n_kv_heads, head_dim, context_length,
-    vocab_size), calls _load_embeddings, builds self.layers (objects whose MATRIX_FIELDS
-    attributes are Matrix), then _finish_init; and implements forward()."""
+    A subclass sets `config` (with n_layers, dim, n_heads, n_kv_heads, head_dim,
+    context_length, vocab_size), calls _load_embeddings, builds self.layers (objects with the
+    Matrix attributes MATRIX_FIELDS, the 1-D float32 VECTOR_FIELDS, and slots for `ops`, `kv`,
+    `next_norm` and the STACKS), then _finish_init; and implements forward() in terms of each
+    layer's backend L.ops (CpuOps, or TorchOps for offloaded layers)."""
 
-    # Prompt batches at least this long use BLAS attention; shorter ones the Numba kernel.
-    BLAS_ATTENTION_MIN = 16
     MATRIX_FIELDS: tuple = ()  # per-layer Matrix attribute names
+    VECTOR_FIELDS: tuple = ()  # per-layer norm weights (next_norm is added to them)
+    STACKS: dict = {}          # stack name -> the matrices that read the same input (q, k, v)
 
     def _load_embeddings(self, reader, source: str) -> None:
         """token_embd.weight, output_norm.weight and output.weight (tied to the embedding when
@@ -484,24 +673,53 @@ class DecoderModel:
         else:
             self.output = self.embed
 
-    def _finish_init(self, n_ctx, use_mmap: bool) -> None:
-        """--no-mmap copy, context size and the KV cache."""
+    def _finish_init(self, n_ctx, use_mmap: bool, offload=None) -> None:
+        """Context size, layer placement (offload: the last offload.n_layers layers on
+        offload.ops, as llama.cpp's -ngl counts; more than the layer count moves the output
+        matrix too), --no-mmap copy of the CPU's weights, KV caches, and each layer's stacks."""
         cfg = self.config
-        if not use_mmap:
-            self._copy_weights_to_memory()
         if n_ctx is None:
             n_ctx = min(cfg.context_length, 4096)
         n_ctx = int(n_ctx)
         if n_ctx < 1:
             raise UsageError(f"context size must be at least 1 (got {n_ctx})")
         self.n_ctx = n_ctx
-        self.cache_k, self.cache_v = kv_cache(cfg.n_layers, cfg.n_kv_heads, n_ctx, cfg.head_dim)
+        # each layer ends with the next layer's input norm (the last one with the output norm)
+        for L, nxt in zip(self.layers, [L.attn_norm for L in self.layers[1:]] + [self.output_norm]):
+            L.next_norm = nxt
+        n_off = 0 if offload is None else min(int(offload.n_layers), cfg.n_layers)
+        cut = cfg.n_layers - n_off
+        for i, L in enumerate(self.layers):
+            L.ops = CPU if i < cut else offload.ops
+        self.head_ops, self.head = CPU, self.output
+        if offload is not None and offload.n_layers > cfg.n_layers:
+            self.head_ops = offload.ops
+        if not use_mmap:
+            self._copy_weights_to_memory()
+        for ops in dict.fromkeys([L.ops for L in self.layers] + [self.head_ops]):
+            idx = [i for i, L in enumerate(self.layers) if L.ops is ops]
+            if idx:
+                caches = ops.kv_cache(len(idx), cfg.n_heads, cfg.n_kv_heads, n_ctx, cfg.head_dim)
+                for i, kv in zip(idx, caches):
+                    self.layers[i].kv = kv
+        for L in self.layers:
+            if L.ops is not CPU:
+                for f in self.MATRIX_FIELDS:
+                    setattr(L, f, L.ops.adopt(getattr(L, f)))
+                for f in self.VECTOR_FIELDS + ("next_norm",):
+                    setattr(L, f, L.ops.vector(getattr(L, f)))
+            for name, members in self.STACKS.items():
+                setattr(L, name, L.ops.stacked(*(getattr(L, f) for f in members)))
+        if self.head_ops is not CPU:
+            self.head = self.head_ops.adopt(self.output)
+        self.devices = sorted({L.ops.name for L in self.layers} | {self.head_ops.name})
 
     def _copy_weights_to_memory(self) -> None:
-        """--no-mmap: copy every matrix into one anonymous buffer. numpy backs a large buffer with
-        transparent huge pages, which spares the TLB misses of streaming 4 KiB file pages (about
-        10% faster decode here), at the price of reading the whole file up front."""
-        mats = list(self.matrices())
+        """--no-mmap: copy every matrix the CPU multiplies into one anonymous buffer. numpy backs a
+        large buffer with transparent huge pages, which spares the TLB misses of streaming 4 KiB
+        file pages (about 10% faster decode here), at the price of reading the file up front."""
+        mats = [self.embed] + ([self.output] if self.output is not self.embed and self.head_ops is CPU else [])
+        mats += [getattr(L, f) for L in self.layers if L.ops is CPU for f in self.MATRIX_FIELDS]
         offsets, total = [], 0
         for m in mats:
             offsets.append(total)
@@ -520,9 +738,11 @@ class DecoderModel:
             m.exact = bool(exact)
 
     def matrices(self):
+        """Every weight matrix: the embedding, the output matrix (where it is not the embedding),
+        each layer's (on whatever backend holds it)."""
         yield self.embed
-        if self.output is not self.embed:
-            yield self.output
+        if self.head is not self.embed:
+            yield self.head
         for L in self.layers:
             for f in self.MATRIX_FIELDS:
                 yield getattr(L, f)
@@ -546,24 +766,10 @@ class DecoderModel:
         e = self.embed
         return np.ascontiguousarray(embedding_rows(e.qtype, e.raw, e.cols, tokens), dtype=np.float32)
 
-    def _attend(self, li, q, k, v, cos, sin, start, scale, window, mask, blas_n):
-        """Layer li's attention for queries q (n, heads*head_dim) at positions start..: rope on
-        q and k, k and v into the cache, softmax(q K^T * scale) V. mask: causal_mask(start, n,
-        window) for a BLAS-sized batch (n >= BLAS_ATTENTION_MIN), else None."""
-        cfg = self.config
-        nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        ck, cv = self.cache_k[li], self.cache_v[li]
-        n = q.shape[0]
-        if mask is not None:
-            rope_inplace(q, cos, sin, nh, hd)
-            rope_inplace(k, cos, sin, nkv, hd)
-            store_kv(ck, cv, k, v, start, nkv, hd)
-            # small per-head matmuls: one BLAS thread (see runtime.generate, BLAS threads)
-            blas_set_threads(1)
-            a = attention_blas(q, ck, cv, start, nh, nkv, hd, scale, mask, window)
-            blas_set_threads(blas_n)
-            return a
-        keys = start + n if window <= 0 else min(start + n, window)
-        if keys * n >= PARALLEL_ATTENTION_MIN:
-            return rope_store_attend_par(q, k, v, cos, sin, ck, cv, start, nh, nkv, hd, scale, window)
-        return rope_store_attend(q, k, v, cos, sin, ck, cv, start, nh, nkv, hd, scale, window)
+    def _logits(self, h, all_logits: bool) -> np.ndarray:
+        """float32 numpy logits of the final hidden states h (the output norm already applied):
+        every row, or only the last one."""
+        if not all_logits:
+            h = h[-1:]
+        h = self.head_ops.take(h)
+        return self.head_ops.to_numpy(self.head(h))

@@ -24,12 +24,12 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
 
 from ..errors import ModelError
-from ..runtime.blas import blas_get_threads
-from .base import (DecoderModel, Matrix, Stacked, add_rmsnorm, causal_mask, check_heads, metadata_getter,
-                   rmsnorm, rope_inv_freq, rope_tables, vector)
+from .base import (CPU, DecoderModel, Matrix, Rope, Step, check_heads, gelu_tanh_mul,  # noqa: F401
+                   metadata_getter, rope_inv_freq, vector)
+
+head_rmsnorm = CPU.head_rmsnorm  # the old name (tests)
 
 ARCH = "gemma3"
 DEFAULT_SWA_PATTERN = 6          # llama.cpp: load_swa_pattern(ml, 6)
@@ -130,65 +130,23 @@ def _local_layers(pattern, n_layers: int, source: str) -> tuple:
 
 
 # ---------------------------------------------------------------------------------------------
-# gemma-only kernel
-
-@njit(cache=True)
-def _gelu_tanh_mul_loop(g, u):
-    n, d = g.shape
-    out = np.empty_like(g)
-    c = np.float32(math.sqrt(2.0 / math.pi))
-    for i in range(n):
-        for j in range(d):
-            a = g[i, j]
-            t = np.tanh(c * (a + np.float32(0.044715) * a * a * a))
-            out[i, j] = np.float32(0.5) * a * (np.float32(1.0) + t) * u[i, j]
-    return out
-
-
-def gelu_tanh_mul(g, u):
-    """gelu(g) * u with GELU's tanh approximation, 0.5 g (1 + tanh(c (g + 0.044715 g**3))) u,
-    float32. Batches go through numpy's vectorized ufuncs (the Numba loop calls the scalar libm
-    tanh per element: 10x slower there); one row (decode) through the loop."""
-    if g.shape[0] == 1:
-        return _gelu_tanh_mul_loop(g, u)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return _gelu_tanh_numpy(g, u)
-
-
-def _gelu_tanh_numpy(g, u):
-    t = np.multiply(g, g, dtype=np.float32)
-    t *= np.float32(0.044715)
-    t *= g
-    t += g
-    t *= np.float32(math.sqrt(2.0 / math.pi))
-    np.tanh(t, out=t)
-    t += np.float32(1.0)
-    t *= g
-    t *= np.float32(0.5)
-    t *= u
-    return t
-
-
-def head_rmsnorm(y, w, eps, head_dim):
-    """rmsnorm of each head_dim slice of y (n, heads*head_dim) with the shared weight w."""
-    n = y.shape[0]
-    return rmsnorm(np.ascontiguousarray(y).reshape(-1, head_dim), w, eps).reshape(n, -1)
-
-
-# ---------------------------------------------------------------------------------------------
 # the model
 
 class Layer:
     __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "q_norm", "k_norm", "post_attn_norm",
-                 "ffn_norm", "gate", "up", "down", "post_ffw_norm", "local", "window", "qkv", "gate_up")
+                 "ffn_norm", "gate", "up", "down", "post_ffw_norm", "local", "window", "qkv", "gate_up",
+                 "next_norm", "ops", "kv", "rope")
 
 
 class Gemma3(DecoderModel):
     """Forward pass over a GGQReader's tensors with a preallocated KV cache of n_ctx positions."""
 
     MATRIX_FIELDS = ("wq", "wk", "wv", "wo", "gate", "up", "down")
+    VECTOR_FIELDS = ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm", "post_ffw_norm")
+    STACKS = {"qkv": ("wq", "wk", "wv"), "gate_up": ("gate", "up")}  # one call each
 
-    def __init__(self, reader, n_ctx: int | None = None, source: str = "model", use_mmap: bool = True):
+    def __init__(self, reader, n_ctx: int | None = None, source: str = "model", use_mmap: bool = True,
+                 offload=None):
         self.source = source
         cfg = self.config = Gemma3Config.from_metadata(reader.metadata, source)
         d, hd = cfg.dim, cfg.head_dim
@@ -210,48 +168,43 @@ class Gemma3(DecoderModel):
             L.up = Matrix(reader, p + "ffn_up.weight", (cfg.ffn_dim, d), source)
             L.down = Matrix(reader, p + "ffn_down.weight", (d, cfg.ffn_dim), source)
             L.post_ffw_norm = vector(reader, p + "post_ffw_norm.weight", d, source)
-            L.qkv, L.gate_up = Stacked(L.wq, L.wk, L.wv), Stacked(L.gate, L.up)  # one call each in decode
             L.local = cfg.local[i]
             L.window = cfg.window if L.local else 0
             self.layers.append(L)
-        self._finish_init(n_ctx, use_mmap)
+        self._finish_init(n_ctx, use_mmap, offload)
         # two rope tables: global layers (freq_base, scaling) and local ones (freq_base_swa, none)
-        self.cos, self.sin = rope_tables(self.n_ctx, rope_inv_freq(hd, cfg.rope_base, cfg.rope_scaling))
-        self.cos_local, self.sin_local = rope_tables(self.n_ctx, rope_inv_freq(hd, cfg.rope_base_local))
+        rope_global = Rope(self.n_ctx, rope_inv_freq(hd, cfg.rope_base, cfg.rope_scaling))
+        rope_local = Rope(self.n_ctx, rope_inv_freq(hd, cfg.rope_base_local))
+        for L in self.layers:
+            L.rope = rope_local if L.local else rope_global
         self.scale = np.float32(1.0 / math.sqrt(cfg.query_pre_attn_scalar))
         self.embed_scale = np.float32(math.sqrt(d))
 
     def forward(self, tokens, start_pos: int = 0, all_logits: bool = False) -> np.ndarray:
         """Run tokens at positions start_pos.. (the cache must hold positions < start_pos).
-        Returns float32 logits (n, vocab) if all_logits else (1, vocab) for the last token."""
+        Returns float32 logits (n, vocab) if all_logits else (1, vocab) for the last token.
+        Each layer computes with its backend L.ops; the hidden state moves where it changes."""
         cfg = self.config
         tokens = self._check_tokens(tokens, start_pos)
-        n = tokens.shape[0]
         eps, hd = cfg.eps, cfg.head_dim
-        at = slice(start_pos, start_pos + n)
-        rope = {False: (self.cos[at], self.sin[at]), True: (self.cos_local[at], self.sin_local[at])}
-        masks, blas_n = {False: None, True: None}, 1
-        if n >= self.BLAS_ATTENTION_MIN:  # BLAS attention (else the Numba kernel)
-            masks = {False: causal_mask(start_pos, n), True: causal_mask(start_pos, n, cfg.window)}
-            blas_n = blas_get_threads() or 1
-
+        step = Step(start_pos, tokens.shape[0])
         x = self._embed(tokens)
         x *= self.embed_scale
-        # each layer ends with the next layer's input norm (the last one with the output norm)
-        next_norms = [L.attn_norm for L in self.layers[1:]] + [self.output_norm]
-        h = rmsnorm(x, self.layers[0].attn_norm, eps)
-        for li, (L, next_norm) in enumerate(zip(self.layers, next_norms)):
+        ops = self.layers[0].ops
+        x = ops.take(x)
+        h = ops.rmsnorm(x, self.layers[0].attn_norm, eps)
+        for L in self.layers:
+            if L.ops is not ops:
+                ops = L.ops
+                x, h = ops.take(x), ops.take(h)
             q, k, v = L.qkv(h)
-            q = head_rmsnorm(q, L.q_norm, eps, hd)
-            k = head_rmsnorm(k, L.k_norm, eps, hd)
-            cos, sin = rope[L.local]
-            a = self._attend(li, q, k, v, cos, sin, start_pos, self.scale, L.window, masks[L.local], blas_n)
-            h = add_rmsnorm(x, L.wo(a), L.ffn_norm, eps, L.post_attn_norm)  # x += norm(Wo a); h = norm(x)
+            q = ops.head_rmsnorm(q, L.q_norm, eps, hd)
+            k = ops.head_rmsnorm(k, L.k_norm, eps, hd)
+            a = ops.attend(L.kv, q, k, v, step, L.rope, self.scale, L.window)
+            h = ops.add_rmsnorm(x, L.wo(a), L.ffn_norm, eps, L.post_attn_norm)  # x += norm(Wo a); h = norm(x)
             g, u = L.gate_up(h)
-            h = add_rmsnorm(x, L.down(gelu_tanh_mul(g, u)), next_norm, eps, L.post_ffw_norm)
-        if not all_logits:
-            h = np.ascontiguousarray(h[-1:])
-        logits = np.asarray(self.output(h), dtype=np.float32)
+            h = ops.add_rmsnorm(x, L.down(ops.gelu_tanh_mul(g, u)), L.next_norm, eps, L.post_ffw_norm)
+        logits = self._logits(h, all_logits)
         if cfg.softcap:
             cap = np.float32(cfg.softcap)
             logits /= cap

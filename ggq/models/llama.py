@@ -22,15 +22,13 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
 
 from ..errors import ModelError
-from ..runtime.blas import blas_get_threads
 # shared pieces, also exported from here (tests and tools import them from ggq.models.llama)
-from .base import (NO_NORM, PARALLEL_ATTENTION_MIN, DecoderModel, Matrix, Stacked, _vector,  # noqa: F401
-                   add_rmsnorm, attention_blas, causal_mask, check_heads, kv_cache, lazy_zeros, metadata_getter,
-                   rmsnorm, rope_inplace, rope_inv_freq, rope_store_attend, rope_store_attend_par, rope_tables,
-                   store_kv, vector)
+from .base import (NO_NORM, PARALLEL_ATTENTION_MIN, DecoderModel, Matrix, Rope, Stacked, Step,  # noqa: F401
+                   _vector, add_rmsnorm, attention_blas, causal_mask, check_heads, kv_cache, lazy_zeros,
+                   metadata_getter, rmsnorm, rope_inplace, rope_inv_freq, rope_store_attend, rope_store_attend_par,
+                   rope_tables, silu_mul, store_kv, vector)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,47 +77,22 @@ class LlamaConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# llama-only kernel
-
-@njit(cache=True)
-def _silu_mul_loop(g, u):
-    n, d = g.shape
-    out = np.empty_like(g)
-    for i in range(n):
-        for j in range(d):
-            a = g[i, j]
-            out[i, j] = a / (np.float32(1.0) + np.exp(-a)) * u[i, j]
-    return out
-
-
-def silu_mul(g, u):
-    """silu(g) * u = g / (1 + e**-g) * u, float32. Batches go through numpy's vectorized
-    ufuncs (the Numba loop calls the scalar libm exp per element: 3x slower there); one row
-    (decode) through the loop, which costs less than the ufunc calls."""
-    if g.shape[0] == 1:
-        return _silu_mul_loop(g, u)
-    t = np.negative(g, dtype=np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):  # e**-g = inf for g < -88: the product is -0
-        np.exp(t, out=t)
-        t += np.float32(1.0)
-        np.divide(g, t, out=t)
-        t *= u
-    return t
-
-
-# ---------------------------------------------------------------------------------------------
 # the model
 
 class Layer:
-    __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "gate", "up", "down", "qkv", "gate_up")
+    __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "gate", "up", "down", "qkv", "gate_up",
+                 "next_norm", "ops", "kv")
 
 
 class Llama(DecoderModel):
     """Forward pass over a GGQReader's tensors with a preallocated KV cache of n_ctx positions."""
 
     MATRIX_FIELDS = ("wq", "wk", "wv", "wo", "gate", "up", "down")
+    VECTOR_FIELDS = ("attn_norm", "ffn_norm")
+    STACKS = {"qkv": ("wq", "wk", "wv"), "gate_up": ("gate", "up")}  # one call each
 
-    def __init__(self, reader, n_ctx: int | None = None, source: str = "model", use_mmap: bool = True):
+    def __init__(self, reader, n_ctx: int | None = None, source: str = "model", use_mmap: bool = True,
+                 offload=None):
         self.source = source
         cfg = self.config = LlamaConfig.from_metadata(reader.metadata, source)
         d, hd = cfg.dim, cfg.head_dim
@@ -137,34 +110,28 @@ class Llama(DecoderModel):
             L.gate = Matrix(reader, p + "ffn_gate.weight", (cfg.ffn_dim, d), source)
             L.up = Matrix(reader, p + "ffn_up.weight", (cfg.ffn_dim, d), source)
             L.down = Matrix(reader, p + "ffn_down.weight", (d, cfg.ffn_dim), source)
-            L.qkv, L.gate_up = Stacked(L.wq, L.wk, L.wv), Stacked(L.gate, L.up)  # one call each in decode
             self.layers.append(L)
-        self._finish_init(n_ctx, use_mmap)
-        self.cos, self.sin = rope_tables(self.n_ctx, rope_inv_freq(hd, cfg.rope_base, cfg.rope_scaling))
+        self._finish_init(n_ctx, use_mmap, offload)
+        self.rope = Rope(self.n_ctx, rope_inv_freq(hd, cfg.rope_base, cfg.rope_scaling))
         self.scale = np.float32(1.0 / math.sqrt(hd))
 
     def forward(self, tokens, start_pos: int = 0, all_logits: bool = False) -> np.ndarray:
         """Run tokens at positions start_pos.. (the cache must hold positions < start_pos).
-        Returns float32 logits (n, vocab) if all_logits else (1, vocab) for the last token."""
+        Returns float32 logits (n, vocab) if all_logits else (1, vocab) for the last token.
+        Each layer computes with its backend L.ops; the hidden state moves where it changes."""
         cfg = self.config
         tokens = self._check_tokens(tokens, start_pos)
-        n = tokens.shape[0]
-        cos = self.cos[start_pos:start_pos + n]
-        sin = self.sin[start_pos:start_pos + n]
-        mask, blas_n = None, 1
-        if n >= self.BLAS_ATTENTION_MIN:  # BLAS attention (else the Numba kernel)
-            mask, blas_n = causal_mask(start_pos, n), blas_get_threads() or 1
-
-        x = self._embed(tokens)
-        # each layer ends with the next layer's input norm (the last one with the output norm)
-        next_norms = [L.attn_norm for L in self.layers[1:]] + [self.output_norm]
-        h = rmsnorm(x, self.layers[0].attn_norm, cfg.eps)
-        for li, (L, next_norm) in enumerate(zip(self.layers, next_norms)):
+        step = Step(start_pos, tokens.shape[0])
+        ops = self.layers[0].ops
+        x = ops.take(self._embed(tokens))
+        h = ops.rmsnorm(x, self.layers[0].attn_norm, cfg.eps)
+        for L in self.layers:
+            if L.ops is not ops:
+                ops = L.ops
+                x, h = ops.take(x), ops.take(h)
             q, k, v = L.qkv(h)
-            a = self._attend(li, q, k, v, cos, sin, start_pos, self.scale, 0, mask, blas_n)
-            h = add_rmsnorm(x, L.wo(a), L.ffn_norm, cfg.eps, NO_NORM)          # x += Wo a; h = norm(x)
+            a = ops.attend(L.kv, q, k, v, step, self.rope, self.scale)
+            h = ops.add_rmsnorm(x, L.wo(a), L.ffn_norm, cfg.eps)                 # x += Wo a; h = norm(x)
             g, u = L.gate_up(h)
-            h = add_rmsnorm(x, L.down(silu_mul(g, u)), next_norm, cfg.eps, NO_NORM)
-        if not all_logits:
-            h = np.ascontiguousarray(h[-1:])
-        return np.asarray(self.output(h), dtype=np.float32)
+            h = ops.add_rmsnorm(x, L.down(ops.silu_mul(g, u)), L.next_norm, cfg.eps)
+        return self._logits(h, all_logits)

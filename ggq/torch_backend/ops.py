@@ -1,0 +1,196 @@
+"""TorchOps: the calls of a forward pass (ggq.models.base.CpuOps) answered with torch on a device.
+
+Offloaded layers keep their weights quantized on the device: each matrix's GGML bytes are
+uploaded as they are (uint8 (rows, row_bytes)) and decoded by ggq.torch_backend.dequant inside
+the product, a tile of rows at a time into one reused float32 buffer, so no float copy of a
+whole matrix ever exists. Activations, norms and the KV cache are float32; attention is
+torch.nn.functional.scaled_dot_product_attention.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.base import KVCache, Rope, Step, window_start
+from .dequant import dequantize_rows, supported
+
+TILE_ELEMENTS = 1 << 22  # floats per dequantized tile (16 MiB of float32)
+
+
+class TorchMatrix:
+    """A weight matrix as stored, on the device: y = x W^T with W decoded tile by tile."""
+    __slots__ = ("name", "qtype", "rows", "cols", "exact", "raw", "data", "ops", "_tile_rows")
+
+    def __init__(self, ops: "TorchOps", name, qtype, rows: int, cols: int, data: torch.Tensor, raw=None):
+        if not supported(qtype.name.upper()):
+            raise ValueError(f"{name}: type {qtype.name} has no torch dequantizer")
+        self.name, self.qtype, self.rows, self.cols = name, qtype, int(rows), int(cols)
+        self.exact = False  # the torch products are always float32 (kept for set_exact)
+        self.raw = raw      # the host bytes (file view) it came from, for tools
+        self.data = data
+        self.ops = ops
+        self._tile_rows = max(1, min(self.rows, TILE_ELEMENTS // max(self.cols, 1)))
+
+    @classmethod
+    def upload(cls, ops: "TorchOps", m) -> "TorchMatrix":
+        data = torch.from_numpy(np.array(m.raw, dtype=np.uint8, copy=True)).to(ops.device)
+        return cls(ops, m.name, m.qtype, m.rows, m.cols, data, raw=m.raw)
+
+    def dequantize(self, r0: int = 0, r1: int | None = None) -> torch.Tensor:
+        """float32 rows r0..r1 (tests and tools)."""
+        r1 = self.rows if r1 is None else r1
+        return dequantize_rows(self.qtype.name.upper(), self.data[r0:r1], self.cols)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._tile_rows >= self.rows:
+            return x @ self.dequantize().T
+        out = torch.empty((x.shape[0], self.rows), dtype=torch.float32, device=x.device)
+        for r0 in range(0, self.rows, self._tile_rows):
+            r1 = min(self.rows, r0 + self._tile_rows)
+            out[:, r0:r1] = x @ self.dequantize(r0, r1).T
+        return out
+
+
+class TorchStacked:
+    """Matrices that read the same input (q, k, v; gate, up): members of one type and width are
+    joined into one device tensor at load (their own tensors become views of it) and multiplied
+    in one product; returns the tuple of their products."""
+    __slots__ = ("mats", "joint", "spans")
+
+    def __init__(self, ops: "TorchOps", mats):
+        self.mats = tuple(mats)
+        self.joint, self.spans = None, None
+        if len(mats) > 1 and len({m.qtype.name for m in mats}) == 1 and len({m.cols for m in mats}) == 1:
+            data = torch.cat([m.data for m in mats], dim=0)
+            spans, r = [], 0
+            for m in mats:
+                spans.append((r, r + m.rows))
+                m.data = data[r:r + m.rows]
+                r += m.rows
+            first = mats[0]
+            self.joint = TorchMatrix(ops, "+".join(m.name for m in mats), first.qtype, r, first.cols, data)
+            self.spans = spans
+
+    def __call__(self, x):
+        if self.joint is None:
+            return tuple(m(x) for m in self.mats)
+        y = self.joint(x)
+        return tuple(y[:, r0:r1] for r0, r1 in self.spans)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, HF split-half pairs (j, j + head_dim/2): x (n, heads, head_dim)."""
+    half = x.shape[-1] // 2
+    a, b = x[..., :half], x[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    return torch.cat([a * c - b * s, b * c + a * s], dim=-1)
+
+
+class TorchOps:
+    """The torch backend on one device ("cpu", "cuda", "cuda:1"): activations are float32
+    tensors (n, features) on that device."""
+    is_cpu = False
+
+    def __init__(self, device="cpu"):
+        self.device = torch.device(device)
+        self.name = f"torch:{self.device}"
+        self._tables = {}  # id(Rope) -> (cos, sin) on the device
+
+    def __repr__(self) -> str:
+        return f"<TorchOps {self.device}>"
+
+    # -- weights and tensors ---------------------------------------------------------------------
+    def adopt(self, m):
+        return m if isinstance(m, TorchMatrix) else TorchMatrix.upload(self, m)
+
+    def stacked(self, *mats):
+        return TorchStacked(self, mats)
+
+    def vector(self, a) -> torch.Tensor:
+        return torch.from_numpy(np.array(a, dtype=np.float32, copy=True)).to(self.device)
+
+    def take(self, x) -> torch.Tensor:
+        if isinstance(x, np.ndarray):
+            return torch.from_numpy(np.array(x, dtype=np.float32, copy=True)).to(self.device)
+        return x.to(self.device, torch.float32)
+
+    def to_numpy(self, x) -> np.ndarray:
+        return x.detach().to("cpu", torch.float32).numpy()
+
+    # -- element-wise ----------------------------------------------------------------------------
+    @staticmethod
+    def rmsnorm(x, w, eps):
+        return w * (x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + eps))
+
+    def add_rmsnorm(self, x, y, w, eps, y_norm=None):
+        """x += y in place (y first normed with y_norm: Gemma's post-norms); returns rmsnorm(x, w)."""
+        if y_norm is not None:
+            y = self.rmsnorm(y, y_norm, eps)
+        x += y
+        return self.rmsnorm(x, w, eps)
+
+    def head_rmsnorm(self, y, w, eps, head_dim):
+        n = y.shape[0]
+        return self.rmsnorm(y.reshape(n, -1, head_dim), w, eps).reshape(n, -1)
+
+    @staticmethod
+    def silu_mul(g, u):
+        return F.silu(g) * u
+
+    @staticmethod
+    def gelu_tanh_mul(g, u):
+        return F.gelu(g, approximate="tanh") * u
+
+    # -- attention -------------------------------------------------------------------------------
+    def kv_cache(self, n_layers: int, n_heads: int, n_kv_heads: int, n_ctx: int, head_dim: int) -> list:
+        shape = (n_kv_heads, n_ctx, head_dim)
+        return [KVCache(torch.zeros(shape, dtype=torch.float32, device=self.device),
+                        torch.zeros(shape, dtype=torch.float32, device=self.device),
+                        n_heads, n_kv_heads, head_dim) for _ in range(n_layers)]
+
+    def _rope(self, rope: Rope, step: Step):
+        key = ("rope", id(rope), self.name)
+        cs = step.memo.get(key)
+        if cs is None:
+            tab = self._tables.get(id(rope))
+            if tab is None or tab[2] is not rope:
+                tab = self._tables[id(rope)] = (torch.from_numpy(rope.cos).to(self.device),
+                                                torch.from_numpy(rope.sin).to(self.device), rope)
+            at = slice(step.start, step.start + step.n)
+            cs = step.memo[key] = (tab[0][at], tab[1][at])
+        return cs
+
+    def _mask(self, step: Step, window: int):
+        """bool (n, keys) for the queries of step over keys window_start(start, window)..: True
+        where a query sees the key; None when every query sees every key (one query)."""
+        if step.n == 1:
+            return None
+        key = ("mask", window, self.name)
+        m = step.memo.get(key)
+        if m is None:
+            lo = window_start(step.start, window)
+            t = torch.arange(lo, step.start + step.n, device=self.device)[None, :]
+            p = torch.arange(step.start, step.start + step.n, device=self.device)[:, None]
+            m = t <= p
+            if window > 0:
+                m &= p - t < window
+            m = step.memo[key] = m
+        return m
+
+    def attend(self, kv: KVCache, q, k, v, step: Step, rope: Rope, scale, window: int = 0):
+        nh, nkv, hd = kv.n_heads, kv.n_kv_heads, kv.head_dim
+        start, n = step.start, step.n
+        cos, sin = self._rope(rope, step)
+        q = _rotate(q.reshape(n, nh, hd), cos, sin)
+        k = _rotate(k.reshape(n, nkv, hd), cos, sin)
+        kv.k[:, start:start + n] = k.transpose(0, 1)
+        kv.v[:, start:start + n] = v.reshape(n, nkv, hd).transpose(0, 1)
+        lo = window_start(start, window)
+        keys, values = kv.k[:, lo:start + n], kv.v[:, lo:start + n]
+        if nh != nkv:  # grouped-query attention: each kv head serves nh / nkv query heads
+            keys = keys.repeat_interleave(nh // nkv, dim=0)
+            values = values.repeat_interleave(nh // nkv, dim=0)
+        o = F.scaled_dot_product_attention(q.transpose(0, 1), keys, values, attn_mask=self._mask(step, window),
+                                           scale=float(scale))
+        return o.transpose(0, 1).reshape(n, nh * hd)

@@ -1,0 +1,231 @@
+"""The torch backend (-ngl N) against the Numba engine, on torch's CPU device (every machine) and
+on CUDA where there is one.
+
+- dequant: torch's decoding of GGML blocks equals gguf.quants.dequantize bit for bit, every type,
+  on quantized values and on random bytes (every bit pattern of scales and codes).
+- models: logits of 0, some and all layers offloaded (prompt and decode steps) against the
+  Numba engine in exact mode (float math on the same dequantized weights) for every quant type,
+  tiny llamas and a tiny Gemma 3; the real SmolLM2 at q4_k_m.
+- resolving -ngl / --device: no CUDA -> one line and the CPU engine; bad values -> UsageError.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch backend needs torch (pip install 'ggq[gpu]')")
+
+import ggq  # noqa: E402
+from ggq.errors import UsageError  # noqa: E402
+from ggq.quants import get_type  # noqa: E402
+from ggq.torch_backend import NO_CUDA, resolve_offload  # noqa: E402
+from ggq.torch_backend.dequant import DEQUANT, FLOAT_VIEW, dequantize_rows  # noqa: E402
+from tiny_gemma3 import VOCAB as GEMMA_VOCAB, make_tiny_gemma3  # noqa: E402
+from tiny_model import make_tiny_hf_dir  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine (runs on the GPU machine)")
+TYPES = sorted(DEQUANT) + sorted(FLOAT_VIEW)
+
+
+# ---------------------------------------------------------------------------------------------
+# dequantization
+
+def _gguf_dequant(raw: np.ndarray, name: str) -> np.ndarray:
+    import gguf
+
+    with np.errstate(invalid="ignore", over="ignore"):  # random bytes: inf and NaN scales
+        return gguf.quants.dequantize(raw, getattr(gguf.GGMLQuantizationType, name))
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_dequant_equals_gguf_bit_for_bit(name):
+    qt = get_type(name)
+    rng = np.random.default_rng(7)
+    cols = 512
+    x = (rng.standard_normal((6, cols)) * rng.uniform(0.01, 3, (6, 1))).astype(np.float32)
+    quantized = qt.quantize(x)
+    noise = rng.integers(0, 256, size=quantized.shape, dtype=np.uint8)  # every bit pattern
+    for raw in (quantized, noise):
+        ref = _gguf_dequant(raw, name).reshape(6, cols)
+        got = dequantize_rows(name, torch.from_numpy(raw.copy()), cols).numpy()
+        assert got.dtype == np.float32 and got.shape == (6, cols)
+        np.testing.assert_array_equal(got.view(np.uint32)[np.isfinite(ref)], ref.view(np.uint32)[np.isfinite(ref)])
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
+
+
+def test_dequant_refuses_a_wrong_row_size():
+    with pytest.raises(ValueError, match="do not hold rows"):
+        dequantize_rows("Q4_K", torch.zeros((2, 100), dtype=torch.uint8), 256)
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", TYPES)
+def test_dequant_on_cuda_equals_cpu(name):
+    raw = np.random.default_rng(3).integers(0, 256, size=(4, get_type(name).row_bytes(512)), dtype=np.uint8)
+    cpu = dequantize_rows(name, torch.from_numpy(raw), 512)
+    gpu = dequantize_rows(name, torch.from_numpy(raw).cuda(), 512).cpu()
+    assert torch.equal(cpu.view(torch.int32), gpu.view(torch.int32))
+
+
+# ---------------------------------------------------------------------------------------------
+# whole models
+
+# preset -> tiny llama: rows of 64/128 for the 32-element types, 256/512 for the k-quants
+LLAMA = {"small": dict(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=3, seed=4),
+         "wide": dict(hidden=256, intermediate=512, heads=4, kv_heads=1, layers=3, tied=False, seed=5)}
+PRESETS = {"f32": "small", "f16": "small", "bf16": "small", "q8_0": "small", "q4_0": "small", "q4_1": "small",
+           "q5_0": "small", "q5_1": "small", "q2_k": "wide", "q3_k_m": "wide", "q4_k_m": "wide",
+           "q5_k_m": "wide", "q6_k": "wide"}
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    from ggq.convert import convert_model
+
+    made = {}
+
+    def get(preset):
+        if preset not in made:
+            base = tmp_path_factory.mktemp(f"torch_{preset}")
+            hf = make_tiny_hf_dir(base / "hf", **LLAMA[PRESETS[preset]])
+            made[preset] = base / f"{preset}.ggq"
+            convert_model(hf, made[preset], preset=preset, progress=False)
+        return made[preset]
+
+    return get
+
+
+def _err(got, ref):
+    return float(np.abs(got - ref).max() / np.abs(ref).max())
+
+
+def _run(m, toks, n_prompt):
+    """Logits of a prompt of n_prompt tokens (every position), then of decode steps one token at
+    a time over the rest: (n, vocab)."""
+    out = [m.llama.forward(toks[:n_prompt], 0, all_logits=True)]
+    for i in range(n_prompt, len(toks)):
+        out.append(m.llama.forward(toks[i:i + 1], i))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_offloaded_layers_match_the_numba_engine(tiny_files, preset):
+    path = tiny_files(preset)
+    toks = np.random.default_rng(1).integers(3, 300, size=28)
+    ref_model = ggq.load(path, n_ctx=32)
+    ref_model.llama.set_exact(True)
+    ref = _run(ref_model, toks, 20)
+    n_layers = ref_model.config.n_layers
+    for ngl in (1, n_layers, 99):
+        m = ggq.load(path, n_ctx=32, n_gpu_layers=ngl, device="cpu")
+        on_torch = [L.ops.name != "cpu" for L in m.llama.layers]
+        assert on_torch == [i >= n_layers - ngl for i in range(n_layers)]
+        assert (m.llama.head_ops.name != "cpu") == (ngl > n_layers)
+        m.llama.set_exact(True)
+        # the same float math on the same dequantized weights: float32 rounding apart
+        assert _err(_run(m, toks, 20), ref) < 1e-4, ngl
+
+
+def test_partial_offload_with_int8_cpu_layers(tiny_files):
+    """The CPU layers' default path (8-bit activations) next to torch layers: within the int8
+    tolerance of the exact engine, and each side's own numbers unchanged."""
+    path = tiny_files("q4_k_m")
+    toks = np.random.default_rng(2).integers(3, 300, size=24)
+    exact = ggq.load(path, n_ctx=32)
+    exact.llama.set_exact(True)
+    ref = _run(exact, toks, 16)
+    m = ggq.load(path, n_ctx=32, n_gpu_layers=2, device="cpu")
+    got = _run(m, toks, 16)
+    assert _err(got, ref) < 6e-2
+    assert np.array_equal(got, _run(ggq.load(path, n_ctx=32, n_gpu_layers=2, device="cpu"), toks, 16))
+
+
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+def test_gemma3_offloaded_matches(tmp_path, qtype):
+    path = make_tiny_gemma3(tmp_path / f"g_{qtype}.ggq", qtype=qtype)
+    toks = np.random.default_rng(3).integers(3, GEMMA_VOCAB, size=30)  # past the 6-position window
+    ref_model = ggq.load(path, n_ctx=40)
+    ref_model.llama.set_exact(True)
+    ref = _run(ref_model, toks, 20)
+    for ngl in (2, 99):  # a split between local and global layers; everything
+        m = ggq.load(path, n_ctx=40, n_gpu_layers=ngl, device="cpu")
+        m.llama.set_exact(True)
+        assert _err(_run(m, toks, 20), ref) < 1e-4, ngl
+
+
+def test_generation_and_stats_with_offload(tiny_files):
+    path = tiny_files("q8_0")
+    a = ggq.load(path, n_ctx=64)
+    a.llama.set_exact(True)
+    b = ggq.load(path, n_ctx=64, n_gpu_layers=99, device="cpu")
+    want = list(a.generate_tokens("hello world", 12, temperature=0))
+    assert list(b.generate_tokens("hello world", 12, temperature=0)) == want
+    assert b.stats.gen_tokens == len(want)
+
+
+@pytest.mark.smollm2
+def test_smollm2_q4_k_m_offloaded(smollm2_gguf):
+    from ggq.convert import convert_model
+    from ggq.default_model import cache_dir
+
+    path = cache_dir() / "test" / "SmolLM2-135M-Instruct.q4_k_m.ggq"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        convert_model(smollm2_gguf, path, preset="q4_k_m", force=True, progress=False)
+    toks = ggq.load(path, n_ctx=64).tokenizer.encode("The quick brown fox jumps over the lazy dog because it")
+    ref_model = ggq.load(path, n_ctx=64)
+    ref_model.llama.set_exact(True)
+    ref = _run(ref_model, toks, len(toks) - 3)
+    for ngl in (10, 31):
+        m = ggq.load(path, n_ctx=64, n_gpu_layers=ngl, device="cpu")
+        m.llama.set_exact(True)
+        got = _run(m, toks, len(toks) - 3)
+        assert _err(got, ref) < 2e-4, ngl
+        assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+
+
+@needs_cuda
+def test_cuda_offload_matches_torch_cpu(tiny_files):
+    path = tiny_files("q4_k_m")
+    toks = np.random.default_rng(4).integers(3, 300, size=24)
+    cpu = _run(ggq.load(path, n_ctx=32, n_gpu_layers=99, device="cpu"), toks, 16)
+    gpu = _run(ggq.load(path, n_ctx=32, n_gpu_layers=99, device="cuda"), toks, 16)
+    assert _err(gpu, cpu) < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# -ngl / --device
+
+def test_resolve_offload_values():
+    assert resolve_offload(0) is None
+    assert resolve_offload(0, "cpu") is None
+    off = resolve_offload(5, "cpu")
+    assert off.n_layers == 5 and str(off.ops.device) == "cpu"
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(UsageError, match="n-gpu-layers"):
+            resolve_offload(bad)
+    with pytest.raises(UsageError, match="unknown device"):
+        resolve_offload(1, "tpu")
+
+
+@pytest.mark.skipif(CUDA, reason="checks the no-GPU fallback")
+def test_no_cuda_falls_back_with_one_line(tiny_files):
+    lines = []
+    assert resolve_offload(3, None, log=lines.append) is None
+    assert resolve_offload(3, "cuda:1", log=lines.append) is None
+    assert lines == [NO_CUDA, "no CUDA device cuda:1; running on the CPU"]
+    m = ggq.load(tiny_files("q8_0"), n_ctx=16, n_gpu_layers=99, log=lines.append)
+    assert m.llama.devices == ["cpu"] and lines[-1] == NO_CUDA
+
+
+def test_without_torch(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    lines = []
+    assert resolve_offload(2, None, log=lines.append) is None
+    assert lines[0].startswith(NO_CUDA) and "torch is not installed" in lines[0]
+    with pytest.raises(UsageError, match="torch is not installed"):
+        resolve_offload(2, "cpu")

@@ -43,7 +43,7 @@ def test_vectors_present_and_small():
         assert f"`{f}`" in readme, f"{f} not described in README.md"
     types = {t["type"] for f in VALID for t in MANIFEST["files"][f]["tensors"].values()}
     assert {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
-            "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "unknown"} <= types
+            "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "unknown"} <= types
 
 
 def test_manifest_schema():

@@ -35,6 +35,7 @@ VT_NAME = {U8: "u8", I8: "i8", U16: "u16", I16: "i16", U32: "u32", I32: "i32", F
 FP16_FIELDS = {
     "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
     "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+    "IQ4_NL": [0], "IQ4_XS": [0],
 }
 
 
@@ -361,6 +362,26 @@ def main(out: Path) -> None:
         ("t.Q5_1_1d", "Q5_1", (128,), random_blocks(rng, "Q5_1", 1, 128)),
     ], desc="three k-quant super-blocks per row (shape (2, 768)); 3-D, 4-D and 1-D tensors of "
             "32-element block types (rows = product of the leading dims)")
+
+    # IQ4_NL / IQ4_XS (spec/QUANTS-IQ.md): a generator of their own, so adding them left every
+    # earlier vector's bytes unchanged
+    irng = np.random.default_rng(20250120)
+    iq_scales = [0x7C00, 0xFC00, 0x7E00, 0x0001, 0x8000, 0x3C00, 0x0000, 0x0200]
+    ispecial = {}
+    for q, nblk in (("IQ4_NL", 8), ("IQ4_XS", 8)):
+        bs = GGML_QUANT_SIZES[GGMLQuantizationType[q]][0]
+        b = random_blocks(irng, q, 1, nblk * bs).reshape(nblk, -1)
+        b[:, 0:2] = f16_bits(iq_scales[:nblk]).reshape(nblk, 2)
+        ispecial[q] = b.reshape(1, -1)
+    add_valid("iquants.ggq", one, [
+        ("t.IQ4_NL", "IQ4_NL", (2, 64), random_blocks(irng, "IQ4_NL", 2, 64)),
+        ("t.IQ4_XS", "IQ4_XS", (2, 512), random_blocks(irng, "IQ4_XS", 2, 512)),
+        ("t.IQ4_NL_special", "IQ4_NL", (1, 256), ispecial["IQ4_NL"]),
+        ("t.IQ4_XS_special", "IQ4_XS", (1, 2048), ispecial["IQ4_XS"]),
+    ], desc="non-uniform 4-bit types IQ4_NL (shape (2, 64)) and IQ4_XS (shape (2, 512), two "
+            "super-blocks per row), random valid blocks (every 6-bit sub-block scale and nibble "
+            "value occurs); and one row of each whose fp16 d are ±inf, NaN, subnormal, ±0, 1.0 "
+            "(IEEE float32 arithmetic, never rejected)")
 
     # -- invalid files: each breaks exactly one rule of section 9 ----------------------
     base_meta = [enc_kv("general.architecture", STRING, "llama")]

@@ -27,6 +27,7 @@ Two quantization modes:
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,10 @@ from .kquants import GROUP_MAX_EPS, _f16_to_f32, _f32_to_f16, _nint
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
                          np.int8)
 _KV = KVALUES_IQ4NL.astype(np.float32)  # frozen into the kernels as a constant
+# _BELOW[k + 128]: the last table index whose value is <= k (the values are integers, so for any
+# x in [k, k+1) it is the lower neighbour the binary search of best_index_int8 ends on)
+_BELOW = np.array([max([i for i in range(16) if KVALUES_IQ4NL[i] <= k] or [0]) for k in range(-128, 128)],
+                  np.int64)
 QK4_NL = 32   # IQ4_NL block, and the IQ4_XS sub-block
 QK_K = 256    # IQ4_XS super-block
 NTRY = 7      # llama.cpp's candidate count per side (quantize_iq4_nl / quantize_iq4_xs)
@@ -57,15 +62,8 @@ def _best_index(x):
         return 0
     if x >= _KV[15]:
         return 15
-    ml = 0
-    mu = 15
-    while mu - ml > 1:
-        mav = (ml + mu) // 2
-        if x < _KV[mav]:
-            mu = mav
-        else:
-            ml = mav
-    return mu - 1 if x - _KV[mu - 1] < _KV[mu] - x else mu
+    ml = _BELOW[int(math.floor(x)) + 128]
+    return ml if x - _KV[ml] < _KV[ml + 1] - x else ml + 1
 
 
 @njit(cache=True)

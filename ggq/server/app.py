@@ -49,7 +49,7 @@ async def _read_json(request: Request) -> dict:
         if len(body) > MAX_BODY_BYTES:
             raise APIError(413, f"request body exceeds the limit of {MAX_BODY_BYTES} bytes")
     try:
-        obj = json.loads(bytes(body))
+        obj = json.loads(bytes(body).decode("utf-8"))  # JSON text is UTF-8 (RFC 8259)
     except UnicodeDecodeError:
         raise bad("request body is not UTF-8 text") from None
     except ValueError as e:

@@ -155,6 +155,10 @@ class Engine:
             raise err[0]
 
     def _run(self) -> None:
+        from ..api import set_threads
+
+        # Numba's thread count belongs to the thread that sets it: this one runs the kernels
+        set_threads(self.model.threads)
         while True:
             job = self._queue.get()
             if job is None:

@@ -353,3 +353,65 @@ def test_perplexity_text_too_short(tiny_ggq, capsys, tmp_path):
     f.write_text("tiny")
     rc, out, err = _cli(capsys, "perplexity", tiny_ggq("tied", "f32"), "-f", f, "-c", 64)
     assert rc == 1 and "fewer than one window" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# the sampler's fast paths against the plain computation (a full float64 sort of every id)
+
+def _reference_candidates(logits, top_k, top_p, min_p, temperature):
+    x = np.asarray(logits, dtype=np.float64)
+    ids = np.lexsort((np.arange(x.size), -x))  # decreasing logit, ties by id
+    if 0 < top_k < x.size:
+        ids = ids[:top_k]
+    lg = x[ids]
+    if top_p < 1.0:
+        p = np.exp(lg - lg[0])
+        p /= p.sum()
+        keep = int(np.searchsorted(np.cumsum(p), top_p, side="left")) + 1
+        ids, lg = ids[:keep], lg[:keep]
+    if min_p > 0.0:
+        keep = lg >= lg[0] + math.log(min_p)
+        ids, lg = ids[keep], lg[keep]
+    p = np.exp((lg - lg[0]) / temperature)
+    return ids, p / p.sum()
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 40, 999, 1000, 0])
+def test_sampler_candidates_equal_full_sort(top_k):
+    from ggq.runtime.sampler import Sampler
+
+    rng = np.random.default_rng(top_k)
+    for case in range(6):
+        lg = (rng.standard_normal(1000) * 3).astype(np.float32)
+        if case % 2:  # ties, also at the k-th place: the lower ids come first
+            lg = np.round(lg).astype(np.float32)
+        if case == 4:
+            lg[:] = lg[0]
+        for top_p, min_p in ((1.0, 0.0), (0.9, 0.05)):
+            s = Sampler(temperature=0.7, top_k=top_k, top_p=top_p, min_p=min_p)
+            ids, p = s.candidates(lg)
+            ref_ids, ref_p = _reference_candidates(lg, top_k, top_p, min_p, 0.7)
+            assert ids.tolist() == ref_ids.tolist()
+            assert np.array_equal(p, ref_p)
+
+
+def test_sampler_nan_logits_still_give_k_candidates():
+    from ggq.runtime.sampler import Sampler
+
+    lg = np.random.default_rng(0).standard_normal(500).astype(np.float32)
+    lg[7] = np.nan
+    ids, p = Sampler(temperature=1.0, top_k=10, top_p=1.0, min_p=0.0).candidates(lg)
+    assert ids.shape[0] == 10 and p.shape[0] == 10
+
+
+def test_sampler_greedy_fast_path_and_penalty():
+    from ggq.runtime.sampler import Sampler
+
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        lg = np.round(rng.standard_normal(300) * 2).astype(np.float32)  # ties: the first id wins
+        assert Sampler(temperature=0)(lg, [1, 2, 3]) == int(np.argmax(lg.astype(np.float64)))
+        s = Sampler(temperature=0, repeat_penalty=1.3)
+        hist = [int(np.argmax(lg))]
+        assert s(lg, hist) == int(np.argmax(s.penalize(lg, hist)))
+        assert s(lg, []) == int(np.argmax(lg))

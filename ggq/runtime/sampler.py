@@ -20,6 +20,18 @@ import numpy as np
 from ..errors import UsageError
 
 
+def _top_k(x: np.ndarray, k: int) -> np.ndarray | None:
+    """The ids of a superset of x's k largest values (every id whose value ties the k-th
+    largest included), in a few passes over x instead of a selection over it: the smallest of
+    the maxima of k disjoint slices is at most the k-th largest value (k values reach it), so
+    the ids at or above it hold the top k; on logits they are a few hundred. None when x holds
+    NaN (the caller then takes every id)."""
+    n = x.shape[0] // k * k
+    bound = x[:n].reshape(k, -1).max(axis=1).min()
+    ids = np.flatnonzero(x >= bound)
+    return ids if ids.shape[0] >= k else None
+
+
 class Sampler:
     def __init__(self, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
                  min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
@@ -64,7 +76,7 @@ class Sampler:
     def penalize(self, logits: np.ndarray, history) -> np.ndarray:
         """Copy of logits (float64) with the repetition penalty applied."""
         out = np.array(logits, dtype=np.float64).reshape(-1)
-        if self.repeat_penalty != 1.0 and self.repeat_last_n > 0 and len(history):
+        if self._penalty_applies(history):
             recent = np.unique(np.asarray(history[-self.repeat_last_n:], dtype=np.int64))
             recent = recent[(recent >= 0) & (recent < out.shape[0])]
             v = out[recent]
@@ -73,18 +85,25 @@ class Sampler:
 
     def candidates(self, logits: np.ndarray, history=()) -> tuple[np.ndarray, np.ndarray]:
         """(ids, probabilities) left after penalty, top-k, top-p, min-p and temperature,
-        sorted by decreasing logit (ties by id). Greedy returns the single argmax."""
-        x = self.penalize(logits, history)
+        sorted by decreasing logit (ties by id; top-k keeps the first k in that order).
+        Greedy returns the single argmax."""
+        if self._penalty_applies(history):
+            x = self.penalize(logits, history)
+        else:
+            # the logits as they are (float32): widening to float64 changes no order, and only
+            # the few candidates left are widened for the probabilities below
+            x = np.asarray(logits).reshape(-1)
         if self.greedy:
             i = int(np.argmax(x))
             return np.array([i]), np.array([1.0])
         V = x.shape[0]
-        if 0 < self.top_k < V:
-            ids = np.argpartition(-x, self.top_k - 1)[:self.top_k]
-        else:
+        ids = _top_k(x, self.top_k) if 0 < self.top_k < V else None
+        if ids is None:
             ids = np.arange(V)
         ids = ids[np.lexsort((ids, -x[ids]))]
-        lg = x[ids]
+        if 0 < self.top_k < V:
+            ids = ids[:self.top_k]
+        lg = x[ids].astype(np.float64)
         if self.top_p < 1.0:
             p = np.exp(lg - lg[0])
             p /= p.sum()
@@ -97,7 +116,14 @@ class Sampler:
         p = np.exp((lg - lg[0]) / self.temperature)
         return ids, p / p.sum()
 
+    def _penalty_applies(self, history) -> bool:
+        return self.repeat_penalty != 1.0 and self.repeat_last_n > 0 and len(history) > 0
+
     def __call__(self, logits: np.ndarray, history=()) -> int:
+        if self.greedy and not self._penalty_applies(history):
+            # argmax of the logits as they are: the float64 copy penalize() makes changes no
+            # order (every float32 is a float64), and a decode step then saves that copy
+            return int(np.argmax(np.asarray(logits).reshape(-1)))
         ids, p = self.candidates(logits, history)
         if ids.shape[0] == 1:
             return int(ids[0])

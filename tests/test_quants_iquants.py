@@ -267,3 +267,61 @@ def test_spec_worked_examples():
         sha = re.search(r"sha256 `([0-9a-f]{64})`", body).group(1)
         for y in (qt.dequantize(ours, n), _gguf(qt, ours, n)):
             assert hashlib.sha256(y.astype("<f4").tobytes()).hexdigest() == sha
+
+
+# --------------------------------------------------------------------------- presets
+
+def _smollm2_shapes(n_layers=30):
+    """SmolLM2-135M's tensors (numpy shapes): 576-wide rows everywhere but ffn_down (1536)."""
+    s = {"token_embd.weight": (49152, 576), "output_norm.weight": (576,)}
+    for i in range(n_layers):
+        s.update({f"blk.{i}.attn_norm.weight": (576,), f"blk.{i}.attn_q.weight": (576, 576),
+                  f"blk.{i}.attn_k.weight": (192, 576), f"blk.{i}.attn_v.weight": (192, 576),
+                  f"blk.{i}.attn_output.weight": (576, 576), f"blk.{i}.ffn_norm.weight": (576,),
+                  f"blk.{i}.ffn_gate.weight": (1536, 576), f"blk.{i}.ffn_up.weight": (1536, 576),
+                  f"blk.{i}.ffn_down.weight": (576, 1536)})
+    return s
+
+
+def _plan(preset, shapes, **kw):
+    from ggq.convert.presets import plan_types
+    return plan_types(shapes, preset, n_layers=30, n_head=9, n_head_kv=3, tied=True, **kw)
+
+
+def test_iq4_presets_follow_llamacpp():
+    """llama_tensor_get_type for LLAMA_FTYPE_MOSTLY_IQ4_NL / _XS (what llama-quantize chose for
+    SmolLM2: IQ4_NL x207 + Q5_K x3 + Q8_0 x1; IQ4_XS x27 + IQ4_NL x180 + Q5_K x3 + Q8_0 x1)."""
+    from collections import Counter
+    s = _smollm2_shapes()
+    nl, xs = _plan("iq4_nl", s), _plan("iq4_xs", s)
+    assert Counter(nl.values()) == {"F32": 61, "IQ4_NL": 207, "Q5_K": 3, "Q8_0": 1}
+    assert Counter(xs.values()) == {"F32": 61, "IQ4_NL": 180, "IQ4_XS": 27, "Q5_K": 3, "Q8_0": 1}
+    # ffn_down of the first eighth of the layers: Q5_K without an imatrix, the base type with one
+    assert [xs[f"blk.{i}.ffn_down.weight"] for i in range(4)] == ["Q5_K"] * 3 + ["IQ4_XS"]
+    assert _plan("iq4_xs", s, has_imatrix=True)["blk.0.ffn_down.weight"] == "IQ4_XS"
+    # attn_v: Q5_K once n_head / n_head_kv >= 4
+    from ggq.convert.presets import plan_types
+    gqa4 = plan_types({"blk.0.attn_v.weight": (64, 512)}, "iq4_xs", n_layers=8, n_head=8, n_head_kv=2, tied=False)
+    assert gqa4["blk.0.attn_v.weight"] == "Q5_K"
+
+
+def test_fit_presets_keep_the_budget_and_change_nothing_that_fits():
+    """*_fit presets: identical to the llama.cpp preset where 256 divides every row; on 576-wide
+    rows Q4_K -> IQ4_NL (4.5 bpw) instead of Q5_0 (5.5), and the plan says why."""
+    from ggq.convert.presets import FIT_PRESETS
+    wide = {n: (sh[0], 1024) if len(sh) == 2 else (1024,) for n, sh in _smollm2_shapes().items()}
+    for p in FIT_PRESETS:
+        assert _plan(p + "_fit", wide) == _plan(p, wide), p
+    s = _smollm2_shapes()
+    notes = {}
+    fit, lc = _plan("q4_k_m_fit", s, notes=notes), _plan("q4_k_m", s)
+    assert lc["blk.3.attn_q.weight"] == "Q5_0" and fit["blk.3.attn_q.weight"] == "IQ4_NL"
+    assert lc["token_embd.weight"] == "Q8_0" and fit["token_embd.weight"] == "Q5_1"
+    assert fit["blk.3.ffn_down.weight"] == lc["blk.3.ffn_down.weight"]  # 1536 columns: untouched
+    assert "576 columns" in notes["blk.3.attn_q.weight"] and "IQ4_NL" in notes["blk.3.attn_q.weight"]
+    assert "blk.3.ffn_down.weight" not in notes
+
+    def bpw(plan):
+        tot = sum(np.prod(s[n]) * get_type(t).bits_per_weight for n, t in plan.items())
+        return tot / sum(np.prod(v) for v in s.values())
+    assert bpw(lc) > 6.1 and bpw(fit) < 5.05 and bpw(_plan("q4_k_s_fit", s)) < 4.9

@@ -49,9 +49,16 @@ class PenaltySampler(Sampler):
         self.frequency_penalty = float(frequency_penalty)
         self.presence_penalty = float(presence_penalty)
 
+    def _additive(self, history) -> bool:
+        return bool(self.frequency_penalty or self.presence_penalty) and self.repeat_last_n > 0 and len(history) > 0
+
+    def _penalty_applies(self, history) -> bool:
+        # Sampler skips penalize() (greedy argmax on the raw logits) unless this says a penalty applies
+        return super()._penalty_applies(history) or self._additive(history)
+
     def penalize(self, logits, history):
         out = super().penalize(logits, history)
-        if (self.frequency_penalty or self.presence_penalty) and self.repeat_last_n > 0 and len(history):
+        if self._additive(history):
             recent = np.asarray(history[-self.repeat_last_n:], dtype=np.int64)
             recent = recent[(recent >= 0) & (recent < out.shape[0])]
             ids, counts = np.unique(recent, return_counts=True)

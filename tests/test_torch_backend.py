@@ -186,6 +186,111 @@ def test_smollm2_q4_k_m_offloaded(smollm2_gguf):
         assert np.array_equal(got.argmax(-1), ref.argmax(-1))
 
 
+def _offloaded(path, ngl, ops, n_ctx=40):
+    from ggq.format import GGQReader
+    from ggq.models import build_model
+    from ggq.torch_backend import Offload
+
+    m = build_model(GGQReader(path), n_ctx=n_ctx, offload=Offload(ngl, ops))
+    m.set_exact(True)
+    return m
+
+
+def _run_model(m, toks, n_prompt):
+    out = [m.forward(toks[:n_prompt], 0, all_logits=True)]
+    for i in range(n_prompt, len(toks)):
+        out.append(m.forward(toks[i:i + 1], i))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("which", ["llama", "gemma3"])
+def test_static_steps_match(tiny_files, tmp_path, which):
+    """The static one-token code (what CUDA graphs capture: position as a tensor, attention over
+    the whole cache under a mask) on torch's CPU device, against the Numba engine; Gemma's
+    sliding window included (decode steps past it)."""
+    from ggq.torch_backend.ops import TorchOps
+
+    if which == "llama":
+        path, vocab = tiny_files("q4_k_m"), 300
+    else:
+        path, vocab = make_tiny_gemma3(tmp_path / "g.ggq", qtype="Q8_0"), GEMMA_VOCAB
+    toks = np.random.default_rng(5).integers(3, vocab, size=30)
+    ref_model = ggq.load(path, n_ctx=40)
+    ref_model.llama.set_exact(True)
+    ref = _run(ref_model, toks, 12)
+    for ngl in (2, 99):
+        m = _offloaded(path, ngl, TorchOps("cpu", static=True))
+        assert _err(_run_model(m, toks, 12), ref) < 1e-4, ngl
+
+
+TRITON_CHECK = r"""
+import numpy as np, torch
+import ggq
+from ggq.quants import get_type
+from ggq.torch_backend import Offload, triton_mv
+from ggq.torch_backend.dequant import dequantize_rows
+from ggq.torch_backend.ops import TorchOps
+from ggq.format import GGQReader
+from ggq.models import build_model
+import sys
+rng = np.random.default_rng(0)
+worst = 0.0
+for name in triton_mv.KINDS:
+    for rows, cols in ((7, 512), (3, 768)):
+        raw = torch.from_numpy(get_type(name).quantize(rng.standard_normal((rows, cols)).astype(np.float32)))
+        x = torch.from_numpy(rng.standard_normal((1, cols)).astype(np.float32))
+        ref = (dequantize_rows(name, raw, cols).double() @ x.double().T).T
+        got = triton_mv.matvec(name, raw, x, cols)
+        assert got.shape == (1, rows) and got.dtype == torch.float32, name
+        err = float((got - ref).abs().max() / ref.abs().max())
+        assert err < 1e-5, (name, err)
+        worst = max(worst, err)
+path, toks = sys.argv[1], np.random.default_rng(1).integers(3, 300, size=20)
+def run(m):
+    out = [m.forward(toks[:12], 0, all_logits=True)]
+    out += [m.forward(toks[i:i + 1], i) for i in range(12, 20)]
+    return np.concatenate(out)
+ref = build_model(GGQReader(path), n_ctx=24); ref.set_exact(True)
+m = build_model(GGQReader(path), n_ctx=24, offload=Offload(99, TorchOps("cpu", static=True, triton=triton_mv)))
+m.set_exact(True)
+R, G = run(ref), run(m)
+assert float(np.abs(G - R).max() / np.abs(R).max()) < 1e-4
+print("ok", worst)
+"""
+
+
+def test_triton_kernels_in_the_interpreter(tiny_files, tmp_path):
+    """The Triton matvec kernels (CUDA's decode products) run by Triton's interpreter on CPU
+    tensors: every type against dequantize-then-multiply, and inside a whole model's decode."""
+    pytest.importorskip("triton", reason="triton is not installed (it comes with torch's CUDA builds)")
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "triton_check.py"
+    script.write_text(TRITON_CHECK)
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, str(script), str(tiny_files("q4_k_m"))], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-3000:]
+
+
+@needs_cuda
+def test_cuda_graphs_replay_the_same_steps(tiny_files):
+    """Static steps replayed from a CUDA graph against the same steps run op by op, and against
+    torch's CPU device."""
+    from ggq.torch_backend.ops import TorchOps
+
+    path = tiny_files("q4_k_m")
+    toks = np.random.default_rng(6).integers(3, 300, size=30)
+    graphs = _offloaded(path, 99, TorchOps("cuda"))
+    assert graphs.segments[0][0].graphs and graphs.segments[0][0].triton is not None
+    eager = _offloaded(path, 99, TorchOps("cuda", graphs=False))
+    cpu = _offloaded(path, 99, TorchOps("cpu"))
+    a, b, c = (_run_model(m, toks, 10) for m in (graphs, eager, cpu))
+    assert _err(a, b) < 1e-5 and _err(a, c) < 1e-3
+
+
 @needs_cuda
 def test_cuda_offload_matches_torch_cpu(tiny_files):
     path = tiny_files("q4_k_m")

@@ -595,6 +595,13 @@ class CpuOps:
     def gelu_tanh_mul(g, u):
         return gelu_tanh_mul(g, u)
 
+    @staticmethod
+    def run_layers(layer, layers, x, h, step: Step):
+        """h after layer(L, x, h, step) for each L in turn (x, the residual, updated in place)."""
+        for L in layers:
+            h = layer(L, x, h, step)
+        return h
+
     def kv_cache(self, n_layers: int, n_heads: int, n_kv_heads: int, n_ctx: int, head_dim: int) -> list:
         """Per-layer caches, views of one lazily zeroed block (only used positions are resident)."""
         ck, cv = kv_cache(n_layers, n_kv_heads, n_ctx, head_dim)
@@ -648,8 +655,9 @@ class DecoderModel:
     A subclass sets `config` (with n_layers, dim, n_heads, n_kv_heads, head_dim,
     context_length, vocab_size), calls _load_embeddings, builds self.layers (objects with the
     Matrix attributes MATRIX_FIELDS, the 1-D float32 VECTOR_FIELDS, and slots for `ops`, `kv`,
-    `next_norm` and the STACKS), then _finish_init; and implements forward() in terms of each
-    layer's backend L.ops (CpuOps, or TorchOps for offloaded layers)."""
+    `next_norm` and the STACKS), then _finish_init; and implements forward() (embedding, then
+    _run_layers, then _logits) and layer(L, x, h, step), one layer in terms of its backend
+    L.ops (CpuOps, or TorchOps for offloaded layers)."""
 
     MATRIX_FIELDS: tuple = ()  # per-layer Matrix attribute names
     VECTOR_FIELDS: tuple = ()  # per-layer norm weights (next_norm is added to them)
@@ -713,6 +721,23 @@ class DecoderModel:
         if self.head_ops is not CPU:
             self.head = self.head_ops.adopt(self.output)
         self.devices = sorted({L.ops.name for L in self.layers} | {self.head_ops.name})
+        # runs of consecutive layers on one backend: the hidden state moves once between runs
+        self.segments = []
+        for L in self.layers:
+            if self.segments and self.segments[-1][0] is L.ops:
+                self.segments[-1][1].append(L)
+            else:
+                self.segments.append((L.ops, [L]))
+
+    def _run_layers(self, x, h, step: Step):
+        """Every layer, each run of them by its backend (which may replay a captured graph of
+        the run for one-token steps); x and h move where the backend changes. Returns h."""
+        prev = self.segments[0][0]
+        for ops, layers in self.segments:
+            if ops is not prev:
+                x, h, prev = ops.take(x), ops.take(h), ops
+            h = ops.run_layers(self.layer, layers, x, h, step)
+        return h
 
     def _copy_weights_to_memory(self) -> None:
         """--no-mmap: copy every matrix the CPU multiplies into one anonymous buffer. numpy backs a

@@ -182,28 +182,15 @@ class Gemma3(DecoderModel):
 
     def forward(self, tokens, start_pos: int = 0, all_logits: bool = False) -> np.ndarray:
         """Run tokens at positions start_pos.. (the cache must hold positions < start_pos).
-        Returns float32 logits (n, vocab) if all_logits else (1, vocab) for the last token.
-        Each layer computes with its backend L.ops; the hidden state moves where it changes."""
+        Returns float32 logits (n, vocab) if all_logits else (1, vocab) for the last token."""
         cfg = self.config
         tokens = self._check_tokens(tokens, start_pos)
-        eps, hd = cfg.eps, cfg.head_dim
-        step = Step(start_pos, tokens.shape[0])
         x = self._embed(tokens)
         x *= self.embed_scale
         ops = self.layers[0].ops
         x = ops.take(x)
-        h = ops.rmsnorm(x, self.layers[0].attn_norm, eps)
-        for L in self.layers:
-            if L.ops is not ops:
-                ops = L.ops
-                x, h = ops.take(x), ops.take(h)
-            q, k, v = L.qkv(h)
-            q = ops.head_rmsnorm(q, L.q_norm, eps, hd)
-            k = ops.head_rmsnorm(k, L.k_norm, eps, hd)
-            a = ops.attend(L.kv, q, k, v, step, L.rope, self.scale, L.window)
-            h = ops.add_rmsnorm(x, L.wo(a), L.ffn_norm, eps, L.post_attn_norm)  # x += norm(Wo a); h = norm(x)
-            g, u = L.gate_up(h)
-            h = ops.add_rmsnorm(x, L.down(ops.gelu_tanh_mul(g, u)), L.next_norm, eps, L.post_ffw_norm)
+        h = ops.rmsnorm(x, self.layers[0].attn_norm, cfg.eps)
+        h = self._run_layers(x, h, Step(start_pos, tokens.shape[0]))
         logits = self._logits(h, all_logits)
         if cfg.softcap:
             cap = np.float32(cfg.softcap)
@@ -211,3 +198,15 @@ class Gemma3(DecoderModel):
             np.tanh(logits, out=logits)
             logits *= cap
         return logits
+
+    def layer(self, L, x, h, step):
+        """One layer on its backend L.ops: x (the residual) updated in place; returns the next
+        layer's normed input (the output norm's after the last layer)."""
+        ops, eps, hd = L.ops, self.config.eps, self.config.head_dim
+        q, k, v = L.qkv(h)
+        q = ops.head_rmsnorm(q, L.q_norm, eps, hd)
+        k = ops.head_rmsnorm(k, L.k_norm, eps, hd)
+        a = ops.attend(L.kv, q, k, v, step, L.rope, self.scale, L.window)
+        h = ops.add_rmsnorm(x, L.wo(a), L.ffn_norm, eps, L.post_attn_norm)  # x += norm(Wo a); h = norm(x)
+        g, u = L.gate_up(h)
+        return ops.add_rmsnorm(x, L.down(ops.gelu_tanh_mul(g, u)), L.next_norm, eps, L.post_ffw_norm)

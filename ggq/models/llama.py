@@ -117,21 +117,20 @@ class Llama(DecoderModel):
 
     def forward(self, tokens, start_pos: int = 0, all_logits: bool = False) -> np.ndarray:
         """Run tokens at positions start_pos.. (the cache must hold positions < start_pos).
-        Returns float32 logits (n, vocab) if all_logits else (1, vocab) for the last token.
-        Each layer computes with its backend L.ops; the hidden state moves where it changes."""
-        cfg = self.config
+        Returns float32 logits (n, vocab) if all_logits else (1, vocab) for the last token."""
         tokens = self._check_tokens(tokens, start_pos)
-        step = Step(start_pos, tokens.shape[0])
         ops = self.layers[0].ops
         x = ops.take(self._embed(tokens))
-        h = ops.rmsnorm(x, self.layers[0].attn_norm, cfg.eps)
-        for L in self.layers:
-            if L.ops is not ops:
-                ops = L.ops
-                x, h = ops.take(x), ops.take(h)
-            q, k, v = L.qkv(h)
-            a = ops.attend(L.kv, q, k, v, step, self.rope, self.scale)
-            h = ops.add_rmsnorm(x, L.wo(a), L.ffn_norm, cfg.eps)                 # x += Wo a; h = norm(x)
-            g, u = L.gate_up(h)
-            h = ops.add_rmsnorm(x, L.down(ops.silu_mul(g, u)), L.next_norm, cfg.eps)
+        h = ops.rmsnorm(x, self.layers[0].attn_norm, self.config.eps)
+        h = self._run_layers(x, h, Step(start_pos, tokens.shape[0]))
         return self._logits(h, all_logits)
+
+    def layer(self, L, x, h, step):
+        """One layer on its backend L.ops: x (the residual) updated in place; returns the next
+        layer's normed input (the output norm's after the last layer)."""
+        ops, eps = L.ops, self.config.eps
+        q, k, v = L.qkv(h)
+        a = ops.attend(L.kv, q, k, v, step, self.rope, self.scale)
+        h = ops.add_rmsnorm(x, L.wo(a), L.ffn_norm, eps)                 # x += Wo a; h = norm(x)
+        g, u = L.gate_up(h)
+        return ops.add_rmsnorm(x, L.down(ops.silu_mul(g, u)), L.next_norm, eps)

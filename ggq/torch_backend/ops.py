@@ -1,10 +1,18 @@
 """TorchOps: the calls of a forward pass (ggq.models.base.CpuOps) answered with torch on a device.
 
 Offloaded layers keep their weights quantized on the device: each matrix's GGML bytes are
-uploaded as they are (uint8 (rows, row_bytes)) and decoded by ggq.torch_backend.dequant inside
-the product, a tile of rows at a time into one reused float32 buffer, so no float copy of a
-whole matrix ever exists. Activations, norms and the KV cache are float32; attention is
+uploaded as they are (uint8 (rows, row_bytes)). One-token steps on CUDA multiply with the
+Triton kernels of ggq.torch_backend.triton_mv, which decode the blocks inside the product;
+batches (and every product on torch's CPU device) decode a tile of rows at a time with
+ggq.torch_backend.dequant and multiply it, so no float copy of a whole matrix ever exists.
+Activations, norms and the KV cache are float32; attention is
 torch.nn.functional.scaled_dot_product_attention.
+
+One-token steps are "static" on CUDA: the position is a device tensor, attention runs over the
+whole cache with a mask, so every tensor has the same shape at every step and the run of
+offloaded layers is captured once in a CUDA graph and replayed (a few hundred kernel launches
+become one). static=True on torch's CPU device runs the same static code without a graph
+(tests compare it with the Numba engine).
 """
 from __future__ import annotations
 
@@ -43,6 +51,8 @@ class TorchMatrix:
         return dequantize_rows(self.qtype.name.upper(), self.data[r0:r1], self.cols)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1 and self.ops.triton is not None and self.ops.triton.supported(self.qtype.name.upper()):
+            return self.ops.triton.matvec(self.qtype.name.upper(), self.data, x, self.cols)
         if self._tile_rows >= self.rows:
             return x @ self.dequantize().T
         out = torch.empty((x.shape[0], self.rows), dtype=torch.float32, device=x.device)
@@ -87,15 +97,42 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return torch.cat([a * c - b * s, b * c + a * s], dim=-1)
 
 
+class StaticStep:
+    """A one-token step whose position is the device tensor pos (1,): what a CUDA graph of the
+    step reads, so that one capture serves every position."""
+    __slots__ = ("pos", "n", "memo")
+
+    def __init__(self, pos: torch.Tensor):
+        self.pos, self.n, self.memo = pos, 1, {}
+
+
 class TorchOps:
     """The torch backend on one device ("cpu", "cuda", "cuda:1"): activations are float32
-    tensors (n, features) on that device."""
+    tensors (n, features) on that device.
+
+    static: one-token steps by the static code (default: on CUDA); graphs: capture them in a
+    CUDA graph (default: on CUDA); triton: the module of the Triton matvec kernels, or None
+    (default: triton_mv on CUDA where triton imports; the tile path otherwise)."""
     is_cpu = False
 
-    def __init__(self, device="cpu"):
+    def __init__(self, device="cpu", static: bool | None = None, graphs: bool | None = None, triton=...):
         self.device = torch.device(device)
         self.name = f"torch:{self.device}"
+        cuda = self.device.type == "cuda"
+        self.static = cuda if static is None else bool(static)
+        self.graphs = (cuda and self.static) if graphs is None else bool(graphs)
+        if self.graphs and not (cuda and self.static):
+            raise ValueError("CUDA graphs need a CUDA device and static steps")
+        if triton is ...:
+            triton = None
+            if cuda:
+                try:
+                    from . import triton_mv as triton
+                except ImportError:  # a torch build without triton: the tile path
+                    triton = None
+        self.triton = triton
         self._tables = {}  # id(Rope) -> (cos, sin) on the device
+        self._graphs = {}  # run of layers -> (graph, static x, static h in, h out, pos)
 
     def __repr__(self) -> str:
         return f"<TorchOps {self.device}>"
@@ -149,16 +186,77 @@ class TorchOps:
                         torch.zeros(shape, dtype=torch.float32, device=self.device),
                         n_heads, n_kv_heads, head_dim) for _ in range(n_layers)]
 
-    def _rope(self, rope: Rope, step: Step):
+    # -- running layers --------------------------------------------------------------------------
+    def run_layers(self, layer, layers, x, h, step: Step):
+        """h after layer(L, x, h, step) for each L in turn (x updated in place). One-token steps
+        run statically where self.static says so, replaying a CUDA graph where self.graphs does."""
+        if step.n != 1 or not self.static:
+            for L in layers:
+                h = layer(L, x, h, step)
+            return h
+        pos = torch.tensor([step.start], dtype=torch.long, device=self.device)
+        if not self.graphs:
+            sstep = StaticStep(pos)
+            for L in layers:
+                h = layer(L, x, h, sstep)
+            return h
+        return self._replay(layer, layers, x, h, pos)
+
+    def _replay(self, layer, layers, x, h, pos):
+        key = (layer.__func__ if hasattr(layer, "__func__") else layer, tuple(id(L) for L in layers))
+        g = self._graphs.get(key)
+        if g is None:
+            g = self._graphs[key] = self._capture(layer, layers, x, h, pos)
+        graph, sx, sh, out, spos = g
+        sx.copy_(x)
+        sh.copy_(h)
+        spos.copy_(pos)
+        graph.replay()
+        x.copy_(sx)
+        return out.clone()
+
+    def _capture(self, layer, layers, x, h, pos):
+        """A CUDA graph of the run for static steps. Warm-up runs on a side stream first (Triton
+        compiles, cuBLAS picks its kernels); each writes this step's K/V, the same values."""
+        sx, sh, spos = x.clone(), h.clone(), pos.clone()
+        sstep = StaticStep(spos)
+
+        def run():
+            hh = sh
+            for L in layers:
+                hh = layer(L, sx, hh, sstep)
+            return hh
+
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                sx.copy_(x)
+                run()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = run()
+        return graph, sx, sh, out, spos
+
+    def _table(self, rope: Rope):
+        tab = self._tables.get(id(rope))
+        if tab is None or tab[2] is not rope:
+            tab = self._tables[id(rope)] = (torch.from_numpy(rope.cos).to(self.device),
+                                            torch.from_numpy(rope.sin).to(self.device), rope)
+        return tab
+
+    def _rope(self, rope: Rope, step):
         key = ("rope", id(rope), self.name)
         cs = step.memo.get(key)
         if cs is None:
-            tab = self._tables.get(id(rope))
-            if tab is None or tab[2] is not rope:
-                tab = self._tables[id(rope)] = (torch.from_numpy(rope.cos).to(self.device),
-                                                torch.from_numpy(rope.sin).to(self.device), rope)
-            at = slice(step.start, step.start + step.n)
-            cs = step.memo[key] = (tab[0][at], tab[1][at])
+            tab = self._table(rope)
+            if isinstance(step, StaticStep):
+                cs = (tab[0].index_select(0, step.pos), tab[1].index_select(0, step.pos))
+            else:
+                at = slice(step.start, step.start + step.n)
+                cs = (tab[0][at], tab[1][at])
+            step.memo[key] = cs
         return cs
 
     def _mask(self, step: Step, window: int):
@@ -178,19 +276,40 @@ class TorchOps:
             m = step.memo[key] = m
         return m
 
-    def attend(self, kv: KVCache, q, k, v, step: Step, rope: Rope, scale, window: int = 0):
+    def _static_mask(self, step: StaticStep, n_ctx: int, window: int):
+        """bool (1, n_ctx): the cache positions the query at step.pos sees."""
+        key = ("smask", window, n_ctx, self.name)
+        m = step.memo.get(key)
+        if m is None:
+            t = torch.arange(n_ctx, device=self.device)
+            m = t <= step.pos
+            if window > 0:
+                m &= step.pos - t < window
+            m = step.memo[key] = m[None, :]
+        return m
+
+    def attend(self, kv: KVCache, q, k, v, step, rope: Rope, scale, window: int = 0):
+        """As CpuOps.attend. The query heads that share a kv head are stacked as one batch entry
+        of group * n queries (no copy of the cache per head)."""
         nh, nkv, hd = kv.n_heads, kv.n_kv_heads, kv.head_dim
-        start, n = step.start, step.n
+        n, group = step.n, nh // nkv
         cos, sin = self._rope(rope, step)
         q = _rotate(q.reshape(n, nh, hd), cos, sin)
-        k = _rotate(k.reshape(n, nkv, hd), cos, sin)
-        kv.k[:, start:start + n] = k.transpose(0, 1)
-        kv.v[:, start:start + n] = v.reshape(n, nkv, hd).transpose(0, 1)
-        lo = window_start(start, window)
-        keys, values = kv.k[:, lo:start + n], kv.v[:, lo:start + n]
-        if nh != nkv:  # grouped-query attention: each kv head serves nh / nkv query heads
-            keys = keys.repeat_interleave(nh // nkv, dim=0)
-            values = values.repeat_interleave(nh // nkv, dim=0)
-        o = F.scaled_dot_product_attention(q.transpose(0, 1), keys, values, attn_mask=self._mask(step, window),
-                                           scale=float(scale))
-        return o.transpose(0, 1).reshape(n, nh * hd)
+        k = _rotate(k.reshape(n, nkv, hd), cos, sin).transpose(0, 1)
+        v = v.reshape(n, nkv, hd).transpose(0, 1)
+        if isinstance(step, StaticStep):
+            kv.k.index_copy_(1, step.pos, k)
+            kv.v.index_copy_(1, step.pos, v)
+            keys, values, mask = kv.k, kv.v, self._static_mask(step, kv.k.shape[1], window)
+        else:
+            start = step.start
+            kv.k[:, start:start + n] = k
+            kv.v[:, start:start + n] = v
+            lo = window_start(start, window)
+            keys, values, mask = kv.k[:, lo:start + n], kv.v[:, lo:start + n], self._mask(step, window)
+            if mask is not None and group > 1:
+                mask = mask.repeat(group, 1)
+        # head h = g * group + j reads kv head g: queries (j, i) of batch entry g
+        qg = q.permute(1, 0, 2).reshape(nkv, group * n, hd)
+        o = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask, scale=float(scale))
+        return o.reshape(nh, n, hd).transpose(0, 1).reshape(n, nh * hd)

@@ -1,0 +1,133 @@
+"""Triton matrix-vector kernels that decode GGML blocks inside the product (one-token steps on CUDA).
+
+y = W x for W uint8 (rows, row_bytes) as stored and x float32 (cols,): each program takes
+ROWS rows and walks the row in tiles of TILE elements; every element's code and its block's
+scales are read as bytes at their GGML offsets (spec/QUANTS-32.md, spec/QUANTS-K.md) and
+decoded with the float operations of ggq.torch_backend.dequant, then multiplied with x and
+summed in float32. One kernel, specialised per type by the constexpr KIND.
+
+Triton's interpreter (TRITON_INTERPRET=1) runs the same kernels on CPU tensors: the tests
+check them there on every machine that has triton, and on CUDA where there is a GPU.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# type name -> (KIND, elements per block, bytes per block, tile elements)
+KINDS = {"Q4_0": (0, 32, 18, 256), "Q4_1": (1, 32, 20, 256), "Q5_0": (2, 32, 22, 256),
+         "Q5_1": (3, 32, 24, 256), "Q8_0": (4, 32, 34, 256), "Q2_K": (5, 256, 84, 256),
+         "Q3_K": (6, 256, 110, 256), "Q4_K": (7, 256, 144, 256), "Q5_K": (8, 256, 176, 256),
+         "Q6_K": (9, 256, 210, 256)}
+ROWS = 4  # rows per program
+
+
+@triton.jit
+def _u8(p, off):
+    return tl.load(p + off).to(tl.int32)
+
+
+@triton.jit
+def _f16(p, off):
+    """Little-endian half float at byte offsets off -> float32."""
+    h = tl.load(p + off).to(tl.uint16) | (tl.load(p + off + 1).to(tl.uint16) << 8)
+    return h.to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _decode(blk, j, KIND: tl.constexpr):
+    """float32 values of elements j (position in their block) of the blocks starting at byte
+    pointers blk (same shape as j)."""
+    if KIND == 0:    # Q4_0: d, 16 bytes: element j in byte j % 16, high nibble for j >= 16
+        q = (_u8(blk, 2 + j % 16) >> (4 * (j // 16))) & 15
+        return _f16(blk, 0) * (q - 8).to(tl.float32)
+    elif KIND == 1:  # Q4_1: d, m, nibbles
+        q = (_u8(blk, 4 + j % 16) >> (4 * (j // 16))) & 15
+        return _f16(blk, 0) * q.to(tl.float32) + _f16(blk, 2)
+    elif KIND == 2:  # Q5_0: d, qh (bit j of a u32), nibbles
+        q = ((_u8(blk, 6 + j % 16) >> (4 * (j // 16))) & 15) | (((_u8(blk, 2 + j // 8) >> (j % 8)) & 1) << 4)
+        return _f16(blk, 0) * (q - 16).to(tl.float32)
+    elif KIND == 3:  # Q5_1: d, m, qh, nibbles
+        q = ((_u8(blk, 8 + j % 16) >> (4 * (j // 16))) & 15) | (((_u8(blk, 4 + j // 8) >> (j % 8)) & 1) << 4)
+        return _f16(blk, 0) * q.to(tl.float32) + _f16(blk, 2)
+    elif KIND == 4:  # Q8_0: d, 32 int8
+        q = tl.load(blk + 2 + j).to(tl.int8, bitcast=True).to(tl.float32)
+        return q * _f16(blk, 0)
+    elif KIND == 5:  # Q2_K: scales[16] (low: scale, high: min), qs[64], d, dmin
+        h = j // 128
+        jj = j % 128
+        q = (_u8(blk, 16 + h * 32 + jj % 32) >> (2 * (jj // 32))) & 3
+        sc = _u8(blk, j // 16)
+        dl = _f16(blk, 80) * (sc & 15).to(tl.float32)
+        ml = _f16(blk, 82) * (sc >> 4).to(tl.float32)
+        return dl * q.to(tl.float32) - ml
+    elif KIND == 6:  # Q3_K: hmask[32], qs[64], scales[12] (6-bit, packed), d
+        h = j // 128
+        jj = j % 128
+        ql = (_u8(blk, 32 + h * 32 + jj % 32) >> (2 * (jj // 32))) & 3
+        hb = (_u8(blk, j % 32) >> (j // 32)) & 1
+        s = j // 16
+        lo = (_u8(blk, 96 + s % 8) >> (4 * (s // 8))) & 15
+        hi = (_u8(blk, 104 + s % 4) >> (2 * (s // 4))) & 3
+        dl = _f16(blk, 108) * ((lo | (hi << 4)) - 32).to(tl.float32)
+        return dl * (ql - 4 * (1 - hb)).to(tl.float32)
+    elif KIND == 9:  # Q6_K: ql[128], qh[64], scales[16] int8, d
+        h = j // 128
+        jj = j % 128
+        lo = (_u8(blk, h * 64 + jj % 64) >> (4 * (jj // 64))) & 15
+        hi = (_u8(blk, 128 + h * 32 + jj % 32) >> (2 * (jj // 32))) & 3
+        sc = tl.load(blk + 192 + j // 16).to(tl.int8, bitcast=True).to(tl.float32)
+        return (_f16(blk, 208) * sc) * ((lo | (hi << 4)) - 32).to(tl.float32)
+    else:            # Q4_K (7), Q5_K (8): d, dmin, 12 bytes of 6-bit scales/mins, [qh[32]], qs[128]
+        s = j // 32
+        lo4 = s < 4
+        a = _u8(blk, 4 + s % 4)          # scale bytes 0..3 (sub-blocks 0..3, top bits of 4..7)
+        b = _u8(blk, 8 + s % 4)          # min bytes 4..7
+        c = _u8(blk, 12 + s % 4)         # bytes 8..11: low nibble scale, high nibble min of 4..7
+        sc = tl.where(lo4, a & 63, (c & 15) | ((a >> 6) << 4))
+        mn = tl.where(lo4, b & 63, (c >> 4) | ((b >> 6) << 4))
+        if KIND == 7:
+            q = (_u8(blk, 16 + (j // 64) * 32 + j % 32) >> (4 * (s % 2))) & 15
+        else:
+            q = ((_u8(blk, 48 + (j // 64) * 32 + j % 32) >> (4 * (s % 2))) & 15) \
+                | (((_u8(blk, 16 + j % 32) >> s) & 1) << 4)
+        dl = _f16(blk, 0) * sc.to(tl.float32)
+        ml = _f16(blk, 2) * mn.to(tl.float32)
+        return dl * q.to(tl.float32) - ml
+
+
+@triton.jit
+def _matvec(w, x, y, rows, cols, row_bytes, KIND: tl.constexpr, BS: tl.constexpr, TS: tl.constexpr,
+            TILE: tl.constexpr, R: tl.constexpr):
+    r = tl.program_id(0) * R + tl.arange(0, R)
+    r = tl.minimum(r, rows - 1)  # past the end: recompute the last row, store masked below
+    e = tl.arange(0, TILE)
+    acc = tl.zeros((R, TILE), dtype=tl.float32)
+    for k0 in range(0, cols, TILE):
+        k = k0 + e
+        inside = k < cols
+        kk = tl.where(inside, k, 0)
+        blk = w + r[:, None].to(tl.int64) * row_bytes + (kk // BS * TS)[None, :]
+        v = _decode(blk, (kk % BS)[None, :] + 0 * r[:, None], KIND)
+        xv = tl.load(x + kk, mask=inside, other=0.0)
+        acc += v * xv[None, :]
+    out = tl.sum(acc, axis=1)
+    rr = tl.program_id(0) * R + tl.arange(0, R)
+    tl.store(y + rr, out, mask=rr < rows)
+
+
+def supported(name: str) -> bool:
+    return name in KINDS
+
+
+def matvec(name: str, w, x, cols: int):
+    """y (1, rows) float32 = x (1, cols) W^T for W uint8 (rows, row_bytes) of type name, on
+    w's device (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    import torch
+
+    kind, bs, ts, tile = KINDS[name]
+    rows = w.shape[0]
+    y = torch.empty((1, rows), dtype=torch.float32, device=w.device)
+    _matvec[(triton.cdiv(rows, ROWS),)](w, x.reshape(-1), y, rows, cols, w.shape[1], KIND=kind, BS=bs, TS=ts,
+                                        TILE=tile, R=ROWS)
+    return y

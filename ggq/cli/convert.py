@@ -18,19 +18,28 @@ from . import cli
 @click.option("--override", "overrides", multiple=True, metavar="PATTERN=TYPE",
               help="Per-tensor type by fnmatch pattern, e.g. 'blk.*.ffn_down.weight=Q6_K' (repeatable, later wins).")
 @click.option("--imatrix", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Importance matrix: .npz of per-column weights keyed by tensor name.")
+              help="Importance matrix: llama.cpp's imatrix GGUF (`ggq calibrate`, llama-imatrix), its legacy "
+                   ".dat, or a .npz of per-column weights keyed by tensor name.")
+@click.option("--method", type=click.Choice(["auto", "imatrix", "gptq"]), default="auto", show_default=True,
+              help="With --imatrix: imatrix = scale search weighted by the importance; gptq = GPTQ error "
+                   "feedback (needs `ggq calibrate --hessian`); auto = gptq where the file has a tensor's "
+                   "Hessian, else imatrix.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (type and size per tensor) and write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def convert(input: Path, output: Path | None, preset: str | None, overrides: tuple[str, ...],
-            imatrix: Path | None, force: bool, dry_run: bool, as_json: bool) -> None:
+            imatrix: Path | None, method: str, force: bool, dry_run: bool, as_json: bool) -> None:
     """Convert INPUT (.safetensors file, Hugging Face folder, or .gguf) to a .ggq file."""
     import json
 
     from ..convert import convert_model
+    from ..errors import UsageError
+
+    if method != "auto" and imatrix is None:
+        raise UsageError(f"--method {method} needs --imatrix")
 
     report = convert_model(input, output, preset=preset, overrides=overrides, force=force,
-                           dry_run=dry_run, imatrix=imatrix, progress=not as_json)
+                           dry_run=dry_run, imatrix=imatrix, progress=not as_json, method=method)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
         return

@@ -32,9 +32,10 @@ class PlanEntry:
     shape: tuple
     type: str            # target type
     nbytes: int          # bytes in the output
-    method: str          # copied | float | rtn-search | imatrix
+    method: str          # copied | float | rtn-search | imatrix | gptq
     source_type: str
     source_bytes: int
+    note: str = ""       # why the type differs from the preset's choice (a fallback), if it does
 
     @property
     def params(self) -> int:
@@ -88,7 +89,7 @@ class ConvertReport:
             shp = "x".join(str(s) for s in e.shape)
             bpw = 8.0 * e.nbytes / max(1, e.params)
             lines.append(f"{e.name:<{w}}  {shp:>13}  {e.source_type:>5}  {e.type:>5}  {bpw:6.2f}  "
-                         f"{e.nbytes:>11,}  {e.method}")
+                         f"{e.nbytes:>11,}  {e.method}" + (f"  ({e.note})" if e.note else ""))
         return "\n".join(lines)
 
     def summary(self) -> str:
@@ -158,17 +159,50 @@ def default_output(input_path, preset: str) -> Path:
     return Path.cwd() / f"{stem}.{preset}.ggq"
 
 
-def _load_imatrix(imatrix, src: Source) -> dict[str, np.ndarray] | None:
+@dataclass
+class Importance:
+    """Calibration data for the quantizers: per-column weights (sum of squared inputs / tokens)
+    and, where recorded, each input's Hessian X^T X / n (for GPTQ); where it came from."""
+    weights: dict
+    hessians: dict
+    source: str = ""
+    datasets: tuple = ()
+    chunks: int = 0
+
+
+METHODS = ("auto", "imatrix", "gptq")
+
+
+def _load_imatrix(imatrix, src: Source) -> Importance | None:
+    """imatrix: None; a path to llama.cpp's imatrix GGUF (or its legacy .dat) or to a .npz of
+    per-column weights by tensor name; a quality.imatrix.IMatrix; or a dict name -> weights."""
     if imatrix is None:
         return None
+    from ..quality.imatrix import IMatrix, read_imatrix
+
+    label, hess, datasets, chunks = "", {}, (), 0
     if isinstance(imatrix, (str, os.PathLike)):
         p = Path(imatrix)
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                imatrix = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise ConvertError(f"{p.name}: cannot read importance matrix (.npz of per-column "
-                               f"weights by tensor name): {e}") from None
+        label = p.name
+        if p.suffix.lower() == ".npz":
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    imatrix = {k: z[k] for k in z.files}
+            except (OSError, ValueError) as e:
+                raise ConvertError(f"{p.name}: cannot read importance matrix (.npz of per-column "
+                                   f"weights by tensor name): {e}") from None
+        else:
+            imatrix = read_imatrix(p)
+    if isinstance(imatrix, IMatrix):
+        names = set(src.tensor_names())
+        im = imatrix
+        datasets, chunks = tuple(im.datasets), int(im.chunk_count)
+        used = [n for n in im.names() if n in names]
+        hess = {n: im.hessian(n) for n in used if n in im.cov}
+        imatrix = {n: im.weights(n) for n in used}
+        if im.names() and not used:
+            raise ConvertError(f"importance matrix {label or ''}: none of its {len(im.names())} entries "
+                               f"(e.g. {im.names()[0]!r}) names a tensor of {src.path.name}")
     out = {}
     for name, v in dict(imatrix).items():
         if name not in src.tensor_names():
@@ -178,7 +212,11 @@ def _load_imatrix(imatrix, src: Source) -> dict[str, np.ndarray] | None:
         if v.shape != (cols,) or not np.all(np.isfinite(v)) or np.any(v < 0):
             raise ConvertError(f"importance matrix for {name!r}: expected {cols} finite non-negative values")
         out[name] = v
-    return out
+    for name, h in hess.items():
+        cols = src.tensor_info(name).shape[-1]
+        if h.shape != (cols, cols):
+            raise ConvertError(f"importance matrix {label}: Hessian of {name!r} is {h.shape}, expected ({cols}, {cols})")
+    return Importance(out, hess, label, datasets, chunks)
 
 
 def _accepts_search(qt) -> bool:
@@ -195,25 +233,40 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def plan(src: Source, preset: str, overrides=(), imatrix: dict | None = None) -> list[PlanEntry]:
+def _method_for(name: str, im: Importance | None, method: str) -> str:
+    """imatrix | gptq | rtn-search for a quantized tensor (see convert_model's method)."""
+    if im is None or name not in im.weights:
+        return "rtn-search"
+    if method == "imatrix":
+        return "imatrix"
+    if name in im.hessians:
+        return "gptq"
+    if method == "gptq":
+        raise ConvertError(f"--method gptq: the importance matrix {im.source} has no Hessian for {name!r} "
+                           "(make it with `ggq calibrate --hessian`)")
+    return "imatrix"
+
+
+def plan(src: Source, preset: str, overrides=(), imatrix: Importance | None = None,
+         method: str = "auto") -> list[PlanEntry]:
     cfg: ModelConfig = src.config
     shapes = {n: tuple(src.tensor_info(n).shape) for n in src.tensor_names()}
+    notes: dict[str, str] = {}
     types = plan_types(shapes, preset, n_layers=cfg.block_count, n_head=cfg.head_count,
                        n_head_kv=cfg.head_count_kv, tied=cfg.tie_word_embeddings,
-                       source_types={n: src.tensor_info(n).dtype for n in shapes}, overrides=overrides)
+                       source_types={n: src.tensor_info(n).dtype for n in shapes}, overrides=overrides,
+                       has_imatrix=bool(imatrix), notes=notes)
     entries = []
     for n, shape in shapes.items():
         st = src.tensor_info(n)
         qt = get_type(types[n])
         if src.kind == "gguf" and st.dtype == qt.name:
-            method = "copied"
+            how = "copied"
         elif qt.is_float:
-            method = "float"
-        elif imatrix and n in imatrix:
-            method = "imatrix"
+            how = "float"
         else:
-            method = "rtn-search"
-        entries.append(PlanEntry(n, shape, qt.name, qt.nbytes(shape), method, st.dtype, st.nbytes))
+            how = _method_for(n, imatrix, method)
+        entries.append(PlanEntry(n, shape, qt.name, qt.nbytes(shape), how, st.dtype, st.nbytes, notes.get(n, "")))
     return entries
 
 
@@ -232,7 +285,7 @@ def requantize_warnings(entries: list[PlanEntry]) -> list[str]:
     return out
 
 
-def _metadata(src: Source, preset: str, entries: list[PlanEntry], has_imatrix: bool):
+def _metadata(src: Source, preset: str, entries: list[PlanEntry], im: Importance | None):
     """(key, value, vtype) triples per DESIGN.md."""
     cfg = src.config
     md = [("general.architecture", cfg.arch, "str"),
@@ -254,17 +307,31 @@ def _metadata(src: Source, preset: str, entries: list[PlanEntry], has_imatrix: b
     md += list(src.tokenizer_metadata)
     # general.file_type describes the tensor types: true only when they are kept
     md += [t for t in src.general_metadata if t[0] != "general.file_type" or preset == "keep"]
-    methods = {e.name: {"type": e.type, "method": e.method, "source_type": e.source_type} for e in entries}
+    methods = {}
+    for e in entries:
+        methods[e.name] = {"type": e.type, "method": e.method, "source_type": e.source_type}
+        if e.method in ("imatrix", "gptq") and im is not None and im.source:
+            methods[e.name]["imatrix"] = im.source
     md.append(("quantization.tensor_methods", json.dumps(methods, separators=(",", ":")), "str"))
-    md.append(("quantization.imatrix", bool(has_imatrix), "bool"))
+    md.append(("quantization.imatrix", bool(im), "bool"))
+    if im:
+        md.append(("quantization.imatrix_file", im.source or "(in memory)", "str"))
+        md.append(("quantization.imatrix_datasets", [str(d) for d in im.datasets], "array[string]"))
+        md.append(("quantization.imatrix_chunks", int(im.chunks), "u32"))
     return [(k, v, "string" if t == "str" else t) for k, v, t in md]
 
 
 def convert_model(input, output=None, preset: str | None = None, overrides=(), force: bool = False,
-                  dry_run: bool = False, imatrix=None, progress: bool = True) -> ConvertReport:
+                  dry_run: bool = False, imatrix=None, progress: bool = True,
+                  method: str = "auto") -> ConvertReport:
     """Convert INPUT (.safetensors file, HF folder, .gguf) to a .ggq file. Returns the report
     (plan per tensor, totals, measured file size). preset None: 'keep' for GGUF input, else
-    q4_k_m. output None: see default_output()."""
+    q4_k_m. output None: see default_output(). imatrix: see _load_imatrix. method (with an
+    imatrix): 'imatrix' = least-squares scale search weighted by it; 'gptq' = GPTQ error
+    feedback (needs the Hessians of `ggq calibrate --hessian`); 'auto' = gptq where a tensor's
+    Hessian is there, else imatrix."""
+    if method not in METHODS:
+        raise ConvertError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
     t0 = time.monotonic()
     in_path = Path(input)
     with open_source(in_path) as src:
@@ -272,7 +339,9 @@ def convert_model(input, output=None, preset: str | None = None, overrides=(), f
             preset = DEFAULT_PRESET_GGUF if src.kind == "gguf" else DEFAULT_PRESET_HF
         preset = normalize_preset(preset)
         im = _load_imatrix(imatrix, src)
-        entries = plan(src, preset, overrides, im)
+        if method == "gptq" and (im is None or not im.hessians):
+            raise ConvertError("--method gptq needs an importance matrix with Hessians (`ggq calibrate --hessian`)")
+        entries = plan(src, preset, overrides, im, method)
         out_path = Path(output) if output is not None else default_output(in_path, preset)
         report = ConvertReport(str(in_path), str(out_path), preset, entries, dry_run=dry_run,
                                imatrix=bool(im), config=src.config)
@@ -294,7 +363,7 @@ def convert_model(input, output=None, preset: str | None = None, overrides=(), f
         bar = _Progress(sum(e.params for e in entries), progress)
         try:
             with GGQWriter(out_path, force=force) as w:
-                for k, v, vt in _metadata(src, preset, entries, bool(im)):
+                for k, v, vt in _metadata(src, preset, entries, im):
                     w.add_metadata(k, v, vt)
                 for e in entries:
                     w.add_tensor(e.name, e.type, e.shape)
@@ -308,7 +377,7 @@ def convert_model(input, output=None, preset: str | None = None, overrides=(), f
     return report
 
 
-def _tensor_bytes(src: Source, e: PlanEntry, im: dict | None) -> np.ndarray:
+def _tensor_bytes(src: Source, e: PlanEntry, im: Importance | None) -> np.ndarray:
     qt = get_type(e.type)
     if e.method == "copied":
         _, raw = src.get_raw(e.name)
@@ -319,12 +388,17 @@ def _tensor_bytes(src: Source, e: PlanEntry, im: dict | None) -> np.ndarray:
         raise ConvertError(f"{src.path.name}: tensor {e.name!r} contains NaN or infinite values")
     kw = {}
     if not qt.is_float:
-        if im and e.name in im:
-            kw["imatrix"] = im[e.name]
+        if im and e.name in im.weights:
+            kw["imatrix"] = im.weights[e.name]
         if _accepts_search(qt) and e.source_type != qt.name:
             kw["search"] = True  # least-squares scale search (k-quants always search)
     try:
-        out = qt.quantize(x2, **kw)
+        if e.method == "gptq":
+            from ..quality.gptq import gptq_quantize
+
+            out = gptq_quantize(qt, x2, im.hessians[e.name])
+        else:
+            out = qt.quantize(x2, **kw)
     except GGQError:
         raise
     except Exception as ex:

@@ -1,0 +1,50 @@
+"""GPTQ error feedback: a random layer with correlated inputs, output error ||XW^T - XŴ^T||
+against plain rounding and against imatrix-weighted rounding; the blocks stay the type's own
+(decoded by gguf-py's dequantizer where it knows the type)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ggq.quality.gptq import gptq_quantize, output_error
+from ggq.quants import get_type
+
+
+@pytest.fixture(scope="module")
+def layer():
+    rng = np.random.default_rng(5)
+    cols, rows, n = 512, 32, 1024
+    scale = np.exp(rng.normal(0, 0.7, cols))
+    # low-rank plus noise: strongly correlated columns, as a transformer's activations are
+    x = (rng.normal(size=(n, 48)) @ rng.normal(size=(48, cols)) + 0.3 * rng.normal(size=(n, cols))) * scale
+    w = rng.normal(0, 0.05, size=(rows, cols)).astype(np.float32)
+    return x, w, x.T @ x / n
+
+
+@pytest.mark.parametrize("name,gain", [("Q4_0", 0.5), ("Q8_0", 0.5), ("Q4_K", 0.85), ("Q6_K", 0.85)])
+def test_gptq_lowers_output_error(layer, name, gain):
+    import gguf
+
+    x, w, h = layer
+    qt = get_type(name)
+    cols = w.shape[1]
+    kw = {"search": True} if name in ("Q4_0", "Q8_0") else {}
+    rtn = output_error(x, w, qt.dequantize(qt.quantize(w), cols))
+    imp = output_error(x, w, qt.dequantize(qt.quantize(w, imatrix=np.diag(h).astype(np.float32), **kw), cols))
+    blocks = gptq_quantize(qt, w, h)
+    assert blocks.shape == (w.shape[0], qt.row_bytes(cols)) and blocks.dtype == np.uint8
+    ref = gguf.quants.dequantize(blocks, getattr(gguf.GGMLQuantizationType, name)).reshape(w.shape)
+    got = qt.dequantize(blocks, cols)
+    np.testing.assert_array_equal(got, ref)
+    g = output_error(x, w, got)
+    assert g < imp < rtn
+    assert g < gain * imp, (name, rtn, imp, g)
+
+
+def test_identity_hessian_is_plain_weighted_rounding(layer):
+    """With uncorrelated inputs of equal power there is nothing to feed back: GPTQ is the
+    quantizer itself (up to the tiny damping)."""
+    _, w, _ = layer
+    qt = get_type("Q4_K")
+    np.testing.assert_array_equal(gptq_quantize(qt, w, np.eye(w.shape[1])),
+                                  qt.quantize(w, imatrix=np.ones(w.shape[1], np.float32)))

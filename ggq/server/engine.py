@@ -132,6 +132,8 @@ class Engine:
         does not wait for kernels to load or compile; the cache is left empty."""
         vocab = self.model.llama.vocab_size
         n = min(32, self.session.n_ctx - 1)
+        if n < 1:  # a context of one position: every request is refused anyway
+            return
         ids = [i % vocab for i in range(n)]
         done = threading.Event()
         err = []

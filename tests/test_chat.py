@@ -279,7 +279,7 @@ def test_chat_bad_settings_are_one_line(tiny_path):
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a POSIX pseudo-terminal")
 def test_chat_ctrl_c_in_a_terminal(tiny_path):
     """Through a pseudo-terminal: Ctrl-C (the terminal's ^C, a SIGINT) stops a long answer,
-    the chat goes on, /exit leaves."""
+    the chat goes on; Ctrl-C at the prompt does not leave either; /exit leaves."""
     import fcntl
     import select
     import termios
@@ -320,7 +320,10 @@ def test_chat_ctrl_c_in_a_terminal(tiny_path):
         os.write(master, b"\x03")     # Ctrl-C
         end = read_until(b"answer stopped (Ctrl-C)", at)
         n_answer = seen[at:end].count(b"s")
-        read_until(b"> ", end, 30)
+        at = read_until(b"> ", end, 30)
+        os.write(master, b"\x03")     # Ctrl-C at the prompt: a fresh line, still chatting
+        at = read_until(b"/exit or Ctrl-D leaves", at)
+        read_until(b"> ", at, 30)
         os.write(master, b"/exit\r")
         assert p.wait(30) == 0
         assert n_answer < 4000          # the answer was cut short

@@ -279,30 +279,32 @@ def test_client_gone_while_queued(server, client):
     # a long stream holds the engine while the second request queues
     long = http.client.HTTPConnection(host, int(port), timeout=60)
     long.request("POST", "/v1/completions", body=json.dumps(
-        {"prompt": "hold the engine", "max_tokens": 1500, "temperature": 0, "stream": True}),
+        {"prompt": "hold the engine", "max_tokens": 2000, "temperature": 0, "stream": True}),
         headers={"Content-Type": "application/json"})
     resp = long.getresponse()
     assert resp.status == 200 and resp.readline().startswith(b"data: ")
     queued = http.client.HTTPConnection(host, int(port), timeout=60)
     queued.request("POST", "/v1/completions", body=json.dumps({"prompt": "never run", "max_tokens": 4}),
                    headers={"Content-Type": "application/json"})
-    for _ in range(500):
-        if engine.pending >= 2:
-            break
-        time.sleep(0.01)
-    assert engine.pending >= 2
+
+    def wait_for(cond, what):
+        for _ in range(3000):
+            if cond():
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    wait_for(lambda: engine.waiting(), "the second request to queue")
+    job = engine.waiting()[0]
     queued.sock.close()   # the queued client leaves
     queued.close()
-    time.sleep(0.3)
+    wait_for(job.cancel.is_set, "the server to notice")
     long.sock.close()     # and the streaming one
     long.close()
-    for _ in range(1000):
-        if len(engine.finished) >= n_before + 2:
-            break
-        time.sleep(0.01)
+    wait_for(lambda: len(engine.finished) >= n_before + 2, "both requests to end")
     runs = list(engine.finished)[n_before:]
-    assert [r[2] for r in runs] == ["cancelled", "cancelled"]
-    assert runs[0][3].gen_tokens < 1500
+    assert runs[0][2] in ("cancelled", "length")   # a fast machine may finish it first
+    assert runs[1][0] == job.number and runs[1][2] == "cancelled"
     assert runs[1][3].prompt_s == 0 and runs[1][3].gen_tokens == 0  # never evaluated
 
 

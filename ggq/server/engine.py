@@ -108,7 +108,13 @@ class Engine:
 
     @property
     def pending(self) -> int:
+        """Jobs submitted and not finished (the running one included)."""
         return self._pending
+
+    def waiting(self) -> list[Job]:
+        """A snapshot of the jobs in the queue, oldest first (not the running one)."""
+        with self._queue.mutex:
+            return [j for j in self._queue.queue if isinstance(j, Job)]
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop: queued jobs are cancelled, the running one stops at its next token."""

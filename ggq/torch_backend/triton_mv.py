@@ -128,6 +128,6 @@ def matvec(name: str, w, x, cols: int):
     kind, bs, ts, tile = KINDS[name]
     rows = w.shape[0]
     y = torch.empty((1, rows), dtype=torch.float32, device=w.device)
-    _matvec[(triton.cdiv(rows, ROWS),)](w, x.reshape(-1), y, rows, cols, w.shape[1], KIND=kind, BS=bs, TS=ts,
+    _matvec[(triton.cdiv(rows, ROWS),)](w, x.reshape(-1).contiguous(), y, rows, cols, w.shape[1], KIND=kind, BS=bs, TS=ts,
                                         TILE=tile, R=ROWS)
     return y

@@ -449,3 +449,56 @@ def test_greedy_equals_ggq_run(smollm2_gguf):
     finally:
         srv.stop()
         app.state.engine.close()
+
+
+def test_random_requests_never_break_the_server(server):
+    """A few hundred seeded random bodies (known and unknown fields, values of every JSON type):
+    each gets a 200 or a 4xx with an error body, never a 500; the server answers afterwards."""
+    rng = np.random.default_rng(1234)
+    fields = ["messages", "prompt", "model", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stream",
+              "stream_options", "n", "logprobs", "logit_bias", "frequency_penalty", "presence_penalty",
+              "repeat_penalty", "repeat_last_n", "cache_prompt", "max_completion_tokens", "echo", "tools",
+              "response_format", "user", "bogus"]
+
+    def value(depth=0):
+        k = int(rng.integers(0, 11 if depth < 2 else 9))
+        if k == 9:
+            return [value(depth + 1) for _ in range(rng.integers(0, 3))]
+        if k == 10:
+            return {str(rng.choice(["role", "content", "type", "text", "include_usage"])): value(depth + 1)
+                    for _ in range(rng.integers(0, 3))}
+        return [None, True, int(rng.integers(-3, 5)), float(rng.normal() * 3), "", "tiny",
+                "x" * int(rng.integers(1, 40)), 10 ** 30, float("nan")][k]
+
+    def message():
+        return {"role": str(rng.choice(["user", "system", "assistant", "tool", "developer"])),
+                "content": str(rng.choice(["hi", "", "the cat"])) if rng.random() < 0.8 else value(1)}
+
+    statuses = {}
+    for i in range(300):
+        body = {f: value() for f in rng.choice(fields, size=int(rng.integers(0, 5)), replace=False)}
+        if rng.random() < 0.6:
+            body["messages"] = [message() for _ in range(rng.integers(1, 4))]
+        if rng.random() < 0.4:
+            body["prompt"] = str(rng.choice(["the", "a b c", ""])) if rng.random() < 0.7 else value()
+        body["max_tokens"] = int(rng.integers(0, 3)) if rng.random() < 0.9 else value()
+        path = "/v1/chat/completions" if rng.random() < 0.5 else "/v1/completions"
+        text = json.dumps(body, allow_nan=True).encode()
+        if rng.random() < 0.1:  # broken JSON too
+            text = text[:int(rng.integers(0, len(text)))]
+        host, port = server[0].url.split("//")[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        conn.request("POST", path, body=text, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        payload = r.read()
+        conn.close()
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+        assert r.status in (200, 400, 404), (r.status, path, text[:300], payload[:300])
+        if r.status != 200:
+            err = json.loads(payload)["error"]
+            assert err["message"] and err["type"] == "invalid_request_error"
+    assert statuses.get(200, 0) >= 5 and statuses.get(400, 0) > 100  # both paths exercised
+    status, _ = raw(server, "POST", "/v1/completions", {"prompt": "still here", "max_tokens": 2})
+    assert status == 200
+    status, _ = raw(server, "POST", "/v1/chat/completions", b"[" * 100000)
+    assert status == 400

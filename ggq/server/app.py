@@ -54,6 +54,8 @@ async def _read_json(request: Request) -> dict:
         raise bad("request body is not UTF-8 text") from None
     except ValueError as e:
         raise bad(f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise bad("request body is nested too deeply") from None
     if not isinstance(obj, dict):
         raise bad("request body must be a JSON object")
     return obj

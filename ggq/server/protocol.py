@@ -212,7 +212,7 @@ def parse_chat(body: dict) -> GenRequest:
         if extra:
             raise bad(f"{where}: '{extra[0]}' is not supported by ggq serve", "messages", "unsupported_parameter")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise bad(f"{where}.role must be one of {', '.join(sorted(ROLES))} (got {role!r})", "messages")
         content = m.get("content")
         if content is None and role == "assistant":

@@ -77,7 +77,7 @@ LLAMA = {"small": dict(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=
          "wide": dict(hidden=256, intermediate=512, heads=4, kv_heads=1, layers=3, tied=False, seed=5)}
 PRESETS = {"f32": "small", "f16": "small", "bf16": "small", "q8_0": "small", "q4_0": "small", "q4_1": "small",
            "q5_0": "small", "q5_1": "small", "q2_k": "wide", "q3_k_m": "wide", "q4_k_m": "wide",
-           "q5_k_m": "wide", "q6_k": "wide"}
+           "q5_k_m": "wide", "q6_k": "wide", "iq4_nl": "small", "iq4_xs": "wide"}
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..quants import get_type
+from ..quants.iquants import KVALUES_IQ4NL
 
 QK_K = 256
 
@@ -136,7 +137,27 @@ def _q6_k(b):
     return (dl * q).reshape(n, QK_K)
 
 
-DEQUANT = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1, "Q8_0": _q8_0,
+def _kvalues(q: torch.Tensor) -> torch.Tensor:
+    """IQ4 codes (uint8) -> their table values, float32."""
+    table = torch.tensor(KVALUES_IQ4NL.tolist(), dtype=torch.float32, device=q.device)
+    return table[q.long()]
+
+
+def _iq4_nl(b):
+    return _f16(b[:, :2]) * _kvalues(_nibbles(b[:, 2:], 16))
+
+
+def _iq4_xs(b):
+    n = b.shape[0]
+    d = _f16(b[:, :2])
+    low = _bits(b[:, 4:8], 4, 2).reshape(n, 8)                                  # sub-block j: nibble j%2 of byte j//2
+    high = _bits(b[:, 2:4], 2, 4).reshape(n, 8)                                 # 2 bits 2j of the u16
+    dl = (d * ((low | (high << 4)).to(torch.int8) - 32).to(torch.float32)).reshape(n, 8, 1)
+    q = _kvalues(_nibbles(b[:, 8:], 16)).reshape(n, 8, 32)
+    return (dl * q).reshape(n, QK_K)
+
+
+DEQUANT = {"IQ4_NL": _iq4_nl, "IQ4_XS": _iq4_xs, "Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1, "Q8_0": _q8_0,
            "Q2_K": _q2_k, "Q3_K": _q3_k, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k}
 
 FLOAT_VIEW = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}

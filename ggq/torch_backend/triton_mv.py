@@ -18,7 +18,7 @@ import triton.language as tl
 KINDS = {"Q4_0": (0, 32, 18, 256), "Q4_1": (1, 32, 20, 256), "Q5_0": (2, 32, 22, 256),
          "Q5_1": (3, 32, 24, 256), "Q8_0": (4, 32, 34, 256), "Q2_K": (5, 256, 84, 256),
          "Q3_K": (6, 256, 110, 256), "Q4_K": (7, 256, 144, 256), "Q5_K": (8, 256, 176, 256),
-         "Q6_K": (9, 256, 210, 256)}
+         "Q6_K": (9, 256, 210, 256), "IQ4_NL": (10, 32, 18, 256), "IQ4_XS": (11, 256, 136, 256)}
 ROWS = 4  # rows per program
 
 
@@ -32,6 +32,17 @@ def _f16(p, off):
     """Little-endian half float at byte offsets off -> float32."""
     h = tl.load(p + off).to(tl.uint16) | (tl.load(p + off + 1).to(tl.uint16) << 8)
     return h.to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _kvalue(q):
+    """IQ4's 16-entry table (ggq.quants.iquants.KVALUES_IQ4NL) at codes q, as float32."""
+    v = tl.where(q < 8,
+                 tl.where(q < 4, tl.where(q < 2, tl.where(q < 1, -127, -104), tl.where(q < 3, -83, -65)),
+                          tl.where(q < 6, tl.where(q < 5, -49, -35), tl.where(q < 7, -22, -10))),
+                 tl.where(q < 12, tl.where(q < 10, tl.where(q < 9, 1, 13), tl.where(q < 11, 25, 38)),
+                          tl.where(q < 14, tl.where(q < 13, 53, 69), tl.where(q < 15, 89, 113))))
+    return v.to(tl.float32)
 
 
 @triton.jit
@@ -71,6 +82,14 @@ def _decode(blk, j, KIND: tl.constexpr):
         hi = (_u8(blk, 104 + s % 4) >> (2 * (s // 4))) & 3
         dl = _f16(blk, 108) * ((lo | (hi << 4)) - 32).to(tl.float32)
         return dl * (ql - 4 * (1 - hb)).to(tl.float32)
+    elif KIND == 10:  # IQ4_NL: d, nibbles indexing the table
+        q = (_u8(blk, 2 + j % 16) >> (4 * (j // 16))) & 15
+        return _f16(blk, 0) * _kvalue(q)
+    elif KIND == 11:  # IQ4_XS: d, scales_h (u16), scales_l[4], nibbles per 32-element sub-block
+        s = j // 32
+        ls = ((_u8(blk, 4 + s // 2) >> (4 * (s % 2))) & 15) | (((_u8(blk, 2 + s // 4) >> (2 * (s % 4))) & 3) << 4)
+        q = (_u8(blk, 8 + s * 16 + j % 16) >> (4 * ((j % 32) // 16))) & 15
+        return (_f16(blk, 0) * (ls - 32).to(tl.float32)) * _kvalue(q)
     elif KIND == 9:  # Q6_K: ql[128], qh[64], scales[16] int8, d
         h = j // 128
         jj = j % 128

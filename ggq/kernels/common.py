@@ -351,12 +351,9 @@ def _rows_intrinsic(kind, vnni):
                     hi = builder.lshr(v, splat(ir.Constant(i8, 4), 16))
                     q = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, 32), list(range(32))))
                     if qhoff is not None:
-                        # bit l of qh -> 16 in lane l: byte l//8 to every lane, test bit l%8
-                        h4 = vload(wp, builder.add(o, k(qhoff)), ir.VectorType(i8, 4), 1)
-                        hl = shuf(h4, [l // 8 for l in range(32)])
-                        hit = builder.icmp_unsigned(
-                            "!=", builder.and_(hl, ir.Constant(v32i8, [1 << (l % 8) for l in range(32)])),
-                            ir.Constant(v32i8, [0] * 32))
+                        # bit l of qh (32 bits, little-endian) -> 16 in lane l: the word as a
+                        # lane mask (one mask-register move and a masked byte move on AVX-512)
+                        hit = builder.bitcast(vload(wp, builder.add(o, k(qhoff)), i32, 1), ir.VectorType(ir.IntType(1), 32))
                         q = builder.or_(q, builder.select(hit, ir.Constant(v32i8, [16] * 32),
                                                           ir.Constant(v32i8, [0] * 32)))
                 if vnni:

@@ -354,3 +354,26 @@ def test_f16_ir_software_path_exact_all_values():
     conv(h, got)
     same = (got.view(np.uint32) == ref.view(np.uint32)) | (np.isnan(got) & np.isnan(ref))
     assert same.all()
+
+
+def test_q8_0_embedding_rows_equal_the_kernel_and_gguf(rng):
+    """embedding_rows decodes Q8_0 rows with NumPy: the same bits as the DEQUANT kernel, for
+    every scale (subnormal, inf, NaN halves included), and gguf's values."""
+    rows, cols = 40, 96
+    w = np.array(random_weights("Q8_0", rows, cols, rng))
+    d = w.reshape(rows, cols // 32, 34)[:, :, :2]
+    for i, h in enumerate((0x0001, 0x03FF, 0x7C00, 0xFC00, 0x7E00, 0x0000, 0x8000)):
+        d[i, 0] = np.array([h], np.uint16).view(np.uint8)
+    w.flags.writeable = False
+    ids = np.array([0, 1, 2, 3, 4, 5, 6, 7, 39, 3, 0])
+    got = embedding_rows("Q8_0", w, cols, ids)
+    kernel = dequantize_rows("Q8_0", w, cols, 0, rows)[ids]
+    assert got.dtype == np.float32 and got.shape == (ids.size, cols)
+    assert np.array_equal(np.isnan(got), np.isnan(kernel))
+    assert np.array_equal(np.where(np.isnan(got), 0, got).view(np.uint32),
+                          np.where(np.isnan(kernel), 0, kernel).view(np.uint32))
+    np.testing.assert_array_equal(got, ref_dequant("Q8_0", w, cols)[ids].astype(np.float32))
+    with pytest.raises(GGQError):
+        embedding_rows("Q8_0", w[:, :-1], cols, [0])
+    with pytest.raises(GGQError):
+        embedding_rows("Q8_0", w, cols, [rows])

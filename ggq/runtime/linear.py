@@ -172,12 +172,28 @@ def dequantize_rows(qtype, w: np.ndarray, cols: int, r0: int, r1: int,
     return out
 
 
+def _q8_0_rows(w: np.ndarray, ids: np.ndarray, cols: int) -> np.ndarray:
+    """Rows ids of a Q8_0 matrix decoded with NumPy: d * q per block, the DEQUANT kernel's one
+    float multiply, so the same bits, and no kernel to compile (cold start: about a second
+    before the first forward) or load (warm start) for the embedding lookup."""
+    bs, ts = BLOCK["Q8_0"]
+    blocks = w[ids].reshape(ids.size, cols // bs, ts)
+    d = np.ascontiguousarray(blocks[:, :, :2]).view(np.float16).astype(np.float32)
+    q = blocks[:, :, 2:].view(np.int8).astype(np.float32)
+    return np.multiply(d, q).reshape(ids.size, cols)
+
+
 def embedding_rows(qtype, w: np.ndarray, cols: int, ids) -> np.ndarray:
     """float32 (len(ids), cols): the rows of W for the token ids (embedding lookup)."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     rows = w.shape[0]
     if ids.size and (ids.min() < 0 or ids.max() >= rows):
         raise QuantError(f"embedding_rows: token id out of range 0..{rows - 1}")
+    name = _name(qtype)
+    if name == "Q8_0":
+        w = _prep_w(name, w, cols)
+        _check_rows(name, qtype, w, cols)
+        return _q8_0_rows(w, ids, cols)
     out = np.empty((ids.size, cols), np.float32)
     for i, t in enumerate(ids.tolist()):
         dequantize_rows(qtype, w, cols, t, t + 1, out[i:i + 1])

@@ -325,3 +325,48 @@ def test_fit_presets_keep_the_budget_and_change_nothing_that_fits():
         tot = sum(np.prod(s[n]) * get_type(t).bits_per_weight for n, t in plan.items())
         return tot / sum(np.prod(v) for v in s.values())
     assert bpw(lc) > 6.1 and bpw(fit) < 5.05 and bpw(_plan("q4_k_s_fit", s)) < 4.9
+
+
+# --------------------------------------------------------------------------- end to end
+
+@pytest.mark.parametrize("preset", ["iq4_xs", "q4_k_m_fit"])
+def test_convert_run_and_gguf_export(tmp_path, preset):
+    """A model with 256-wide rows and 576-wide ffn_down rows converted with an IQ4 preset (the
+    fit preset's fallback is IQ4_NL there): the file holds IQ4 tensors
+    close to the float weights, runs (logits near the float model's), and its GGUF export carries
+    the same bytes with GGML's type ids (what llama.cpp reads)."""
+    import gguf
+
+    import ggq
+    from ggq.convert.converter import convert_model
+    from ggq.format import GGQReader
+    from ggq.gguf_io import export_gguf
+    from tiny_model import make_tiny_hf_dir
+
+    d = make_tiny_hf_dir(tmp_path / "hf", hidden=256, intermediate=576, heads=4, kv_heads=2, layers=2)
+    f32, out = tmp_path / "f.ggq", tmp_path / "q.ggq"
+    convert_model(d, f32, preset="f32", progress=False)
+    rep = convert_model(d, out, preset=preset, progress=False)
+    with GGQReader(out) as f, GGQReader(f32) as ref:
+        types = {f.tensors[n].qtype.name for n in f.tensors if len(f.tensors[n].shape) == 2}
+        assert ({"IQ4_XS", "IQ4_NL"} if preset == "iq4_xs" else {"Q4_K", "IQ4_NL"}) <= types
+        for n in f.tensors:
+            if len(f.tensors[n].shape) == 2:
+                a, x = ref.dequantize(n), f.dequantize(n)
+                assert np.sqrt(np.mean((x - a) ** 2) / np.mean(a ** 2)) < 0.12, n
+        raw = {n: np.array(f.raw(n)) for n in f.tensors}
+    assert 4.2 < rep.bits_per_weight < 6.0
+    toks = list(range(3, 40))
+    lf, lq = ggq.load(str(f32)).logits(toks), ggq.load(str(out)).logits(toks)
+    assert np.corrcoef(lf.ravel(), lq.ravel())[0, 1] > 0.98
+    g = export_gguf(out, tmp_path / "q.gguf")
+    r = gguf.GGUFReader(str(g))
+    seen = set()
+    for t in r.tensors:
+        name = t.tensor_type.name
+        if name in ("IQ4_NL", "IQ4_XS"):
+            seen.add(name)
+            assert int(t.tensor_type) == get_type(name).ggml_id
+            if not t.name.endswith(("attn_q.weight", "attn_k.weight")):  # rows permuted for llama.cpp
+                assert np.array_equal(np.asarray(t.data).reshape(raw[t.name].shape), raw[t.name])
+    assert seen

@@ -48,6 +48,19 @@ def gptq_quantize(qt, w: np.ndarray, h: np.ndarray, weights: str = "imatrix", da
                   search: bool = True) -> np.ndarray:
     """Quantize w (rows, cols) float32 to qt's blocks with error feedback under Hessian h
     (cols, cols) = X^T X / n. Returns uint8 (rows, row_bytes), the type's GGUF layout."""
+    from ..runtime.blas import blas_get_threads, blas_set_threads
+
+    # these matrices are small: BLAS threads only spin (100x slower on a busy machine)
+    before = blas_get_threads()
+    blas_set_threads(1)
+    try:
+        return _gptq(qt, w, h, weights, damp, search)
+    finally:
+        if before:
+            blas_set_threads(before)
+
+
+def _gptq(qt, w, h, weights, damp, search) -> np.ndarray:
     w = np.array(w, dtype=np.float64)
     rows, cols = w.shape
     if h.shape != (cols, cols):

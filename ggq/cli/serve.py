@@ -61,6 +61,8 @@ def serve(model, host, port, ctx_size, threads, api_key, alias, no_mmap):
         try:
             engine.warm()
             server = Server(app, sock)
+            if api_key is None and sock.getsockname()[0] not in ("127.0.0.1", "::1"):
+                _log(f"listening on {host} without an API key: anyone who can reach this port can use the model")
             _log(f"serving {model_id} on {server.url}/v1 (context {m.n_ctx}, threads {m.threads}"
                  f"{', API key required' if api_key else ''}); Ctrl-C stops")
             server.run()

@@ -118,29 +118,29 @@ def main(model, text, calib, presets, methods, ctx_size, chunks, calib_chunks, l
                 run([llama_bin / "llama-imatrix", "-m", model_gguf, "-f", calib, "-c", ctx_size, "-b", ctx_size,
                      "--chunks", calib_chunks, "-o", llama_im, "--no-ppl"] + thr, workdir / "llama-imatrix.log")
 
-    files = []  # (tool, preset, variant, path)
-    for p in presets:
-        for m in methods:
-            out = workdir / f"ggq.{p}.{m}.ggq"
-            if not out.exists():
-                extra = [] if m == "none" else ["--imatrix", ggq_im, "--method", m]
-                run(ggq + ["convert", model_gguf, "-t", p, "-o", out, "--force"] + extra, workdir / f"{out.name}.log")
-            files.append(("ggq", p, m, out))
-        if llama_bin is not None:
-            for m in (["none"] + (["imatrix"] if llama_im else [])):
-                out = workdir / f"llama.{p}.{m}.gguf"
+    def files():  # (tool, preset, variant, path), each converted when first needed
+        for p in presets:
+            for m in methods:
+                out = workdir / f"ggq.{p}.{m}.ggq"
                 if not out.exists():
-                    extra = [] if m == "none" else ["--imatrix", llama_im]
-                    run([llama_bin / "llama-quantize"] + extra + [model_gguf, out, LLAMA_FTYPE[p]] + thr[1:],
-                        workdir / f"{out.name}.log")
-                files.append(("llama.cpp", p, m, out))
+                    extra = [] if m == "none" else ["--imatrix", ggq_im, "--method", m]
+                    run(ggq + ["convert", model_gguf, "-t", p, "-o", out, "--force"] + extra, workdir / f"{out.name}.log")
+                yield ("ggq", p, m, out)
+            if llama_bin is not None:
+                for m in (["none"] + (["imatrix"] if llama_im else [])):
+                    out = workdir / f"llama.{p}.{m}.gguf"
+                    if not out.exists():
+                        extra = [] if m == "none" else ["--imatrix", llama_im]
+                        run([llama_bin / "llama-quantize"] + extra + [model_gguf, out, LLAMA_FTYPE[p]] + thr[1:],
+                            workdir / f"{out.name}.log")
+                    yield ("llama.cpp", p, m, out)
 
     # one reference, saved once
     ref_file = workdir / f"ref.c{ctx_size}.n{chunks}.{text.stem}.kldref"
     body = text.read_text(encoding="utf-8")
     rows = []
     ref = None
-    for tool, p, m, path in files:
+    for tool, p, m, path in files():
         t0 = time.time()
         cached = path.with_name(f"{path.name}.{ref_file.stem}{'.exact' if exact else ''}.json")
         if cached.exists() and cached.stat().st_mtime > path.stat().st_mtime:

@@ -217,3 +217,21 @@ def test_every_quantizer_uses_the_importance(qt):
     plain = err(qt.quantize(x, **kw))
     weighted = err(qt.quantize(x, imatrix=imp, **kw))
     assert weighted < 0.97 * plain, (qt.name, plain, weighted)
+
+
+def test_process_output_tied(calibrated, tmp_path):
+    """--process-output on a tied model: the output product's input under token_embd.weight,
+    the output norm's output (so its mean square per token is about that norm's weights')."""
+    f32, txt, _ = calibrated
+    out = tmp_path / "po.gguf"
+    assert cli_main(["calibrate", str(f32), "-f", str(txt), "-o", str(out), "-c", "32", "--process-output"]) == 0
+    im = read_imatrix(out)
+    assert "token_embd.weight" in im.sums and "output.weight" not in im.sums
+    assert im.counts["token_embd.weight"].tolist() == im.counts["blk.0.attn_q.weight"].tolist()
+    from ggq.format import GGQReader
+
+    with GGQReader(f32) as r:
+        g = r.dequantize("output_norm.weight").astype(np.float64)
+    # rmsnorm output: each token's mean of (x/rms)^2 is 1, so sum_j w_j / g_j^2 / cols = 1
+    w = im.weights("token_embd.weight").astype(np.float64)
+    assert (w / (g * g)).mean() == pytest.approx(1.0, rel=1e-3)

@@ -139,9 +139,14 @@ def tapped(llama, stats: _Stats, process_output: bool = False):
                 names = [m.name for m in obj.mats] if hasattr(obj, "mats") else [obj.name]
                 saved.append((L, f, obj))
                 setattr(L, f, _Tap(obj, stats, names))
-        if process_output and getattr(llama, "output", None) is not None and llama.output is not llama.embed:
-            saved.append((llama, "output", llama.output))
-            llama.output = _Tap(llama.output, stats, [llama.output.name])
+        # the attribute the forward pass calls for the logits ("head" where the model has one)
+        head = "head" if getattr(llama, "head", None) is not None else "output"
+        if process_output and getattr(llama, head, None) is not None:
+            # tied embeddings: the output product is recorded under token_embd.weight (ggq's
+            # extension; llama-imatrix records only a separate output.weight)
+            obj = getattr(llama, head)
+            saved.append((llama, head, obj))
+            setattr(llama, head, _Tap(obj, stats, [obj.name]))
         yield
     finally:
         for obj, f, orig in reversed(saved):

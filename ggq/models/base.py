@@ -638,6 +638,8 @@ class CpuOps:
             a = attention_blas(q, kv.k, kv.v, start, nh, nkv, hd, scale, mask, window)
             blas_set_threads(blas_n)
             return a
+        if n > 1:  # C-order views, as a decode step's: one compiled signature serves both
+            q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
         keys = start + n if window <= 0 else min(start + n, window)
         attend = rope_store_attend_par if keys * n >= PARALLEL_ATTENTION_MIN else rope_store_attend
         return attend(q, k, v, cos, sin, kv.k, kv.v, start, nh, nkv, hd, scale, window)

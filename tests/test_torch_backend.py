@@ -334,3 +334,31 @@ def test_without_torch(monkeypatch):
     assert lines[0].startswith(NO_CUDA) and "torch is not installed" in lines[0]
     with pytest.raises(UsageError, match="torch is not installed"):
         resolve_offload(2, "cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# the commands
+
+def test_cli_run_and_bench_with_ngl(tiny_files, capsys):
+    from ggq.cli import main
+
+    path = str(tiny_files("q8_0"))
+    args = ["run", path, "-p", "hello world", "-n", "6", "--temp", "0", "--exact"]
+    assert main(args) == 0
+    cpu = capsys.readouterr().out
+    assert main(args + ["-ngl", "99", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == cpu
+    assert main(["bench", path, "-p", "8", "-n", "2", "-r", "1", "--n-gpu-layers", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "numba+torch:cpu" in out and "2/3 layers offloaded" in out and "quantized weights" in out
+    assert main(["run", path, "-p", "x", "-n", "1", "-ngl", "-1"]) != 0
+    assert "n-gpu-layers" in capsys.readouterr().err.lower()
+
+
+@pytest.mark.skipif(CUDA, reason="checks the no-GPU fallback")
+def test_cli_ngl_without_cuda_says_so(tiny_files, capsys):
+    from ggq.cli import main
+
+    assert main(["run", str(tiny_files("q8_0")), "-p", "hello", "-n", "2", "-ngl", "99"]) == 0
+    err = capsys.readouterr().err
+    assert NO_CUDA in err and "Traceback" not in err

@@ -15,6 +15,7 @@ import click
 
 from ..errors import GGQError, UsageError
 from . import cli
+from ._gpu import gpu_options
 from .run import no_mmap_option
 
 HELP = "/reset clears the conversation, /system TEXT sets the system message (/system alone removes it), /exit leaves"
@@ -140,8 +141,9 @@ def _warm_kernels(m) -> None:
 @click.option("--stats", "show_stats", is_flag=True, help="After each answer, print its token counts and speed "
                                                          "(prompt tokens reused from the cache) to stderr.")
 @no_mmap_option
+@gpu_options
 def chat(model, ctx_size, threads, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, system,
-         show_stats, no_mmap):
+         show_stats, no_mmap, n_gpu_layers, device):
     """Chat with MODEL in the terminal (default: SmolLM2-135M-Instruct), with its chat template.
 
     Type a message and Enter; the answer streams back. /reset clears the conversation,
@@ -156,7 +158,7 @@ def chat(model, ctx_size, threads, max_tokens, temperature, top_k, top_p, min_p,
     sampler_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                         repeat_penalty=repeat_penalty, seed=seed)
     sampler = PenaltySampler(**sampler_args)  # settings checked before the load
-    m = _load(model, ctx_size, threads, no_mmap)
+    m = _load(model, ctx_size, threads, no_mmap, n_gpu_layers=n_gpu_layers, device=device)
     src = m.tokenizer.chat_template_source
     if src is None:
         m.tokenizer.apply_chat_template([{"role": "user", "content": ""}])  # raises: no template

@@ -9,20 +9,23 @@ import click
 
 from ..errors import UsageError
 from . import cli
+from ._gpu import gpu_memory_line, gpu_options
 
 
 def _log(msg: str) -> None:
     click.echo(f"ggq: {msg}", err=True)
 
 
-def _load(model, ctx, threads, no_mmap=False, then=None):
+def _load(model, ctx, threads, no_mmap=False, then=None, n_gpu_layers=0, device=None):
     """ggq.load, then then(model) if given, then Numba's CPU target initialised (rather than in
-    the first kernel call: meanwhile a big tokenizer still builds in its thread)."""
+    the first kernel call: meanwhile a big tokenizer still builds in its thread). n_gpu_layers,
+    device: -ngl and --device (ggq.cli._gpu)."""
     from ..api import load
     from ..jit_cache import numba_ready, numba_without_scipy
 
     with numba_without_scipy():  # this process is ours: spare Numba's SciPy imports
-        m = load(model, n_ctx=ctx, threads=threads, log=_log, use_mmap=not no_mmap)
+        m = load(model, n_ctx=ctx, threads=threads, log=_log, use_mmap=not no_mmap, n_gpu_layers=n_gpu_layers,
+                 device=device)
         if then is not None:
             then(m)
         numba_ready(fast_cache_loads=True)
@@ -122,8 +125,9 @@ no_mmap_option = click.option(
 @click.option("-sys", "--system", help="System message (with --chat).")
 @exact_option
 @no_mmap_option
+@gpu_options
 def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, top_k, top_p, min_p,
-        repeat_penalty, seed, chat, system, exact, no_mmap):
+        repeat_penalty, seed, chat, system, exact, no_mmap, n_gpu_layers, device):
     """Generate text from MODEL (.ggq or .gguf; default: SmolLM2-135M-Instruct as shipped, Q4_1).
 
     Text streams to stdout; load time, prompt and generation speed go to stderr at the end."""
@@ -153,7 +157,7 @@ def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, 
                 pass
 
     try:
-        m = _load(model, ctx_size, threads, no_mmap, then=precompile)
+        m = _load(model, ctx_size, threads, no_mmap, then=precompile, n_gpu_layers=n_gpu_layers, device=device)
         helper = helpers[0] if helpers else None
         m.llama.set_exact(exact)
         src = getattr(m.tokenizer, "chat_template_source", "file")
@@ -228,16 +232,18 @@ def bench_model(m, n_prompt: int, n_gen: int, runs: int, seed: int = 0):
 @click.option("-r", "--repetitions", "runs", default=5, show_default=True, type=int, help="Runs per test (after one warm-up).")
 @exact_option
 @no_mmap_option
-def bench(model, n_prompt, n_gen, threads, runs, exact, no_mmap):
+@gpu_options
+def bench(model, n_prompt, n_gen, threads, runs, exact, no_mmap, n_gpu_layers, device):
     """Prompt processing (ppN) and generation (tgN) speed of MODEL, like llama-bench.
 
     ppN evaluates N random tokens in one batch; tgN generates N tokens one at a time, both from
     an empty context. Figures are tokens/s, mean ± standard deviation over the runs."""
     if runs < 1 or n_prompt < 0 or n_gen < 0:
         raise UsageError("repetitions must be >= 1 and token counts >= 0")
-    m = _load(model, max(n_prompt, n_gen, 1), threads, no_mmap)
+    m = _load(model, max(n_prompt, n_gen, 1), threads, no_mmap, n_gpu_layers=n_gpu_layers, device=device)
     m.llama.set_exact(exact)
     res = bench_model(m, n_prompt, n_gen, runs)
+    backend = "+".join("numba" if d == "cpu" else d for d in m.llama.devices)
     preset = m.metadata.get("general.preset") or "?"
     rows = []
     for test, speeds in res.items():
@@ -245,7 +251,7 @@ def bench(model, n_prompt, n_gen, threads, runs, exact, no_mmap):
 
         a = np.array(speeds)
         sd = a.std(ddof=1) if len(a) > 1 else 0.0
-        rows.append((f"{m.name} {preset}", _human_size(m.file_size), f"{m.n_params / 1e6:.2f} M", "numba",
+        rows.append((f"{m.name} {preset}", _human_size(m.file_size), f"{m.n_params / 1e6:.2f} M", backend,
                      str(m.threads), test, f"{a.mean():.2f} ± {sd:.2f}"))
     head = ("model", "size", "params", "backend", "threads", "test", "t/s")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
@@ -260,6 +266,11 @@ def bench(model, n_prompt, n_gen, threads, runs, exact, no_mmap):
                                  for i, w in enumerate(widths)) + " |")
     for r in rows:
         click.echo(line(r))
+    mem = gpu_memory_line(m)
+    if mem:
+        n_off = sum(1 for L in m.llama.layers if not L.ops.is_cpu)
+        click.echo(f"{n_off}/{len(m.llama.layers)} layers offloaded"
+                   f"{', output matrix too' if not m.llama.head_ops.is_cpu else ''}; {mem}")
 
 
 def nll_of_window(logits, tokens, first: int, rows: int = 64):
@@ -298,7 +309,8 @@ def ppl_with_error(nll_sum: float, nll2_sum: float, count: int) -> tuple[float, 
                    "(llama-perplexity); both: report the two from the same pass.")
 @click.option("-t", "--threads", type=int, help="Threads [default: all cores].")
 @no_mmap_option
-def perplexity(model, text_file, ctx_size, chunks, protocol, threads, no_mmap):
+@gpu_options
+def perplexity(model, text_file, ctx_size, chunks, protocol, threads, no_mmap, n_gpu_layers, device):
     """Perplexity of MODEL on a text file (.ggq or .gguf).
 
     Protocol (llama-perplexity's): the whole text is tokenized at once with no special tokens,
@@ -317,7 +329,7 @@ def perplexity(model, text_file, ctx_size, chunks, protocol, threads, no_mmap):
             text = fh.read()
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{text_file}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    m = _load(model, ctx_size, threads, no_mmap)
+    m = _load(model, ctx_size, threads, no_mmap, n_gpu_layers=n_gpu_layers, device=device)
     t0 = time.perf_counter()
     bos = m.tokenizer.bos_id if m.tokenizer.add_bos else None
     import numpy as np

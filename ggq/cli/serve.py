@@ -7,6 +7,7 @@ import click
 
 from ..errors import UsageError
 from . import cli
+from ._gpu import gpu_options
 
 
 def _log(msg: str) -> None:
@@ -34,7 +35,8 @@ def need_serve_extra() -> None:
 @click.option("--alias", help="Model id clients use [default: the model file's name without .ggq].")
 @click.option("--no-mmap", is_flag=True,
               help="Copy the weights into memory instead of reading them through mmap (slower load, faster decode).")
-def serve(model, host, port, ctx_size, threads, api_key, alias, no_mmap):
+@gpu_options
+def serve(model, host, port, ctx_size, threads, api_key, alias, no_mmap, n_gpu_layers, device):
     """Serve MODEL over an OpenAI-compatible HTTP API (default model: SmolLM2-135M-Instruct).
 
     POST /v1/chat/completions and /v1/completions (streaming or not), GET /v1/models and
@@ -49,7 +51,7 @@ def serve(model, host, port, ctx_size, threads, api_key, alias, no_mmap):
 
     sock = bind(host, port)  # before the load: a port in use fails at once
     try:
-        m = _load(model, ctx_size, threads, no_mmap)
+        m = _load(model, ctx_size, threads, no_mmap, n_gpu_layers=n_gpu_layers, device=device)
         model_id = alias or (m.path.name[:-4] if m.path.name.endswith(".ggq") else m.path.name)
         src = getattr(m.tokenizer, "chat_template_source", "file")
         if src is None:

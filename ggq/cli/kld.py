@@ -9,6 +9,7 @@ import click
 
 from ..errors import UsageError
 from . import cli
+from ._gpu import gpu_options
 from .run import _load, _log, exact_option
 
 
@@ -46,7 +47,8 @@ def is_ref_file(path) -> bool:
 @click.option("-t", "--threads", type=int, help="Threads [default: all cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @exact_option
-def kld(model, ref, text_file, ctx_size, chunks, protocol, save_ref, threads, as_json, exact):
+@gpu_options
+def kld(model, ref, text_file, ctx_size, chunks, protocol, save_ref, threads, as_json, exact, n_gpu_layers, device):
     """KL divergence of MODEL's next-token distribution from REF's on a text file.
 
     Windows as `ggq perplexity` (and llama-perplexity) cut them. Both log-softmaxes in float64.
@@ -59,11 +61,11 @@ def kld(model, ref, text_file, ctx_size, chunks, protocol, save_ref, threads, as
     saved = is_ref_file(ref)
     if saved and save_ref is not None:
         raise UsageError(f"{ref} is a saved reference already; --save-ref needs a reference model")
-    m = _load(model, ctx_size, threads)
+    m = _load(model, ctx_size, threads, n_gpu_layers=n_gpu_layers, device=device)
     m.llama.set_exact(exact)
     r = None
     if not saved:
-        r = _load(ref, ctx_size, threads)
+        r = _load(ref, ctx_size, threads, n_gpu_layers=n_gpu_layers, device=device)  # -ngl for both
         r.llama.set_exact(True)
         if save_ref is not None:
             n = len(m.tokenizer.encode(text)) // ctx_size

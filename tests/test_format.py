@@ -340,3 +340,105 @@ def test_writer_refuses_nul_in_key_or_name(tmp_path):
     w.close()
     with GGQReader(tmp_path / "x.ggq") as r:
         assert r.metadata["k"] == "value with \0 and \ufeff kept"
+
+
+# -- long metadata values stay in the file until asked for ----------------------------------------
+
+def _big_values():
+    rng = np.random.default_rng(7)
+    words = ["tok", "é", "日本", "𝄞x", "", "a b"]
+    return {
+        "big_str": "".join(words[i % len(words)] for i in range(40000)),  # > 64 KiB, non-ASCII
+        "big_f32": rng.standard_normal(70000).astype(np.float32),
+        "big_i32": rng.integers(-5, 6, 70000).astype(np.int32),
+        "big_bool": rng.integers(0, 2, 70000).astype(bool),
+        "big_strs": [words[i % len(words)] + str(i) for i in range(20000)],
+    }
+
+
+def _rewrite_crc(p):
+    """Recompute the header checksum of a file edited in place (the reader checks it first)."""
+    b = bytearray(p.read_bytes())
+    data_offset = struct.unpack_from("<Q", b, 40)[0]
+    b[L.CRC_FIELD_OFFSET:L.CRC_FIELD_OFFSET + 4] = b"\0\0\0\0"
+    struct.pack_into("<I", b, L.CRC_FIELD_OFFSET, zlib.crc32(bytes(b[:data_offset])))
+    p.write_bytes(bytes(b))
+
+
+def test_long_metadata_values_are_read_when_asked_for(tmp_path):
+    p = tmp_path / "big.ggq"
+    vals = _big_values()
+    with GGQWriter(p) as w:
+        w.add_metadata("general.name", "small")
+        w.add_metadata("small_arr", [1, 2, 3], "array[u32]")
+        for k, v in vals.items():
+            w.add_metadata(k, v)
+    r = GGQReader(p)
+    md = r.metadata
+    assert all(md.is_lazy(k) for k in vals) and not md.is_lazy("general.name") and not md.is_lazy("small_arr")
+    assert md["big_str"] == vals["big_str"]
+    assert md.raw_string("big_str") == vals["big_str"].encode("utf-8")
+    assert md.raw_string("general.name") == b"small"
+    assert md["big_f32"] == [float(x) for x in vals["big_f32"]]   # f32 widened exactly, as before
+    assert md["big_i32"] == vals["big_i32"].tolist()
+    assert md["big_bool"] == [bool(x) for x in vals["big_bool"]] and type(md["big_bool"][0]) is bool
+    assert md["big_strs"] == vals["big_strs"]
+    assert list(md) == ["general.name", "small_arr", *vals] and len(md) == 2 + len(vals)
+    plain = dict(md)
+    assert plain["big_strs"] == vals["big_strs"] and md == plain and md.get("nope", 5) == 5
+    assert r.metadata_types["big_strs"] == "array[string]" and r.metadata_types["big_f32"] == "array[f32]"
+    with pytest.raises(FormatError, match="not a string"):
+        md.raw_string("big_f32")
+    r.close()
+    assert md["general.name"] == "small" and md["small_arr"] == [1, 2, 3]  # kept at open
+    with pytest.raises(FormatError, match="closed"):
+        md["big_str"]
+
+
+def test_opening_does_not_materialise_big_arrays(tmp_path):
+    """A 2M-element array as a Python list is ~64 MB; kept in the file it costs nothing at open."""
+    import tracemalloc
+
+    p = tmp_path / "arr.ggq"
+    with GGQWriter(p) as w:
+        w.add_metadata("scores", np.zeros(1 << 21, dtype=np.float32))
+        w.add_metadata("text", "x" * (8 << 20))
+    tracemalloc.start()
+    try:
+        with GGQReader(p) as r:
+            _, peak = tracemalloc.get_traced_memory()
+            assert len(r.metadata["scores"]) == 1 << 21
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
+
+
+@pytest.mark.parametrize("key,needle,bad,match", [
+    ("big_str", "日本".encode(), b"\xe6\x97\xff\xe6\x9c\xac", r"'big_str' is not valid UTF-8"),
+    ("big_strs", "é19999".encode(), b"\xc0\xaf19999", r"'big_strs'\[19999\] is not valid UTF-8"),
+])
+def test_bad_utf8_in_long_values_is_one_line_at_open(tmp_path, key, needle, bad, match):
+    p = tmp_path / "bad.ggq"
+    vals = _big_values()
+    with GGQWriter(p) as w:
+        w.add_metadata(key, vals[key])
+    b = p.read_bytes()
+    at = b.rindex(needle)  # the last occurrence: deep inside the value
+    p.write_bytes(b[:at] + bad + b[at + len(bad):])
+    _rewrite_crc(p)
+    with pytest.raises(FormatError, match=match) as e:
+        GGQReader(p)
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_bad_bool_in_long_array_is_one_line_at_open(tmp_path):
+    p = tmp_path / "bool.ggq"
+    with GGQWriter(p) as w:
+        w.add_metadata("flags", np.zeros(100000, dtype=bool))
+    b = bytearray(p.read_bytes())
+    start = b.index(b"flags") + len("flags") + 1 + 1 + 4  # value type, element type, count
+    b[start + 77777] = 2
+    p.write_bytes(bytes(b))
+    _rewrite_crc(p)
+    with pytest.raises(FormatError, match=r"'flags': bool array element 77777 is 2"):
+        GGQReader(p)

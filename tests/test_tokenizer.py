@@ -149,3 +149,45 @@ def test_smollm2_tokenizer_matches_transformers_gguf_tokenizer(smollm2_gguf, tmp
         assert tok.decode(ids) == text
     pieces = [tok.decode([i]) for i in tok.encode("in  1990")]
     assert pieces == ["in", "  ", "1", "9", "9", "0"]
+
+
+def _ggq_with_tokenizer(path, tok_json: str, **extra):
+    from ggq.format import GGQReader, GGQWriter
+
+    with GGQWriter(path) as w:
+        for k, v in _metadata(tok_json, **extra).items():
+            w.add_metadata(k, v, "i32" if k.endswith("_id") else None)
+    return GGQReader(path)
+
+
+def test_tokenizer_from_file_bytes_equals_from_str(tiny_hf_dir, tmp_path):
+    """A long tokenizer.json in a .ggq is built from its stored UTF-8 bytes (no str of it is
+    made) in a thread: the same tokenizer as `tokenizers`' from_str of the text."""
+    from tokenizers import Tokenizer as HF
+
+    js = (Path(tiny_hf_dir) / "tokenizer.json").read_text()
+    js += " " * 70000  # JSON allows trailing whitespace: long enough to stay in the file
+    tmpl = json.loads((Path(tiny_hf_dir) / "tokenizer_config.json").read_text())["chat_template"]
+    with _ggq_with_tokenizer(tmp_path / "t.ggq", js, **{"tokenizer.chat_template": tmpl}) as r:
+        assert r.metadata.is_lazy("tokenizer.huggingface.json")
+        tok = Tokenizer(r.metadata, source="t.ggq")
+        assert tok._thread is not None  # built in the background
+        hf = HF.from_str(js)
+        for text in TEXTS:
+            ids = tok.encode(text)
+            assert ids == hf.encode(text, add_special_tokens=False).ids
+            assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=False)
+        assert tok.vocab_size == hf.get_vocab_size(with_added_tokens=True)
+        assert tok.eos_id == 2 and tok.eos_id in tok.eog_ids
+        assert tok.chat_template == tmpl and tok.chat_template_source == "file"
+
+
+def test_broken_tokenizer_in_file_is_one_line(tmp_path):
+    js = '{"version": "1.0", "model": ' + " " * 70000 + "[}"
+    with _ggq_with_tokenizer(tmp_path / "b.ggq", js) as r:
+        tok = Tokenizer(r.metadata, source="b.ggq")
+        with pytest.raises(TokenizerError) as e:
+            tok.encode("x")
+    msg = str(e.value)
+    assert msg.startswith("b.ggq: embedded tokenizer is unusable: ") and "\n" not in msg
+    assert "Cannot instantiate" not in msg  # the same words as from_str's

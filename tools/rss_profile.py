@@ -8,7 +8,8 @@ default both. For each:
   total:  Maximum resident set size (`/usr/bin/time -v`, else wait4's ru_maxrss) of
           `ggq run GGUF -p PROMPT -n N --temp 0 -c C -t T` (ggq imports a .gguf once into
           ~/.cache/ggq/imported; the import is done before measuring) and of
-          `llama-completion -m GGUF` with the same settings (-no-cnv), warm page cache.
+          `llama-completion -m GGUF` with the same settings (-no-cnv), warm page cache; and the
+          "first text after" that `ggq run` reports (from its own start, after imports).
   phases: a fresh process loads the model one step at a time in the order ggq.api.Model does
           and prints VmRSS (now), VmHWM (peak so far), anonymous and file-backed RSS after each:
           imports, reader (open + metadata), tokenizer (built; its thread joined), model
@@ -101,8 +102,8 @@ def gguf_path(name: str) -> Path:
     return Path(name)
 
 
-def peak_rss_mib(cmd: list[str]) -> tuple[float, str]:
-    """(peak RSS in MiB, stdout) of cmd run to completion."""
+def peak_rss_mib(cmd: list[str]) -> tuple[float, str, str]:
+    """(peak RSS in MiB, stdout, stderr) of cmd run to completion."""
     use_time = os.access("/usr/bin/time", os.X_OK)
     with tempfile.TemporaryDirectory() as tmp:
         tv = Path(tmp) / "time.txt"
@@ -113,13 +114,14 @@ def peak_rss_mib(cmd: list[str]) -> tuple[float, str]:
             p.stdout.close()
             _, status, usage = os.wait4(p.pid, 0)
             p.returncode = os.waitstatus_to_exitcode(status)
+            err.seek(0)
+            err_text = err.read().decode("utf-8", "replace")
             if p.returncode:
-                err.seek(0)
-                tail = " | ".join(err.read().decode("utf-8", "replace").strip().splitlines()[-3:])
+                tail = " | ".join(err_text.strip().splitlines()[-3:])
                 raise SystemExit(f"{Path(cmd[0]).name} failed ({p.returncode}): {tail}")
         m = re.search(r"Maximum resident set size \(kbytes\):\s*(\d+)", tv.read_text()) if use_time else None
     kib = int(m.group(1)) if m else usage.ru_maxrss  # Linux ru_maxrss: KiB
-    return kib / 1024, out.decode("utf-8", "replace")
+    return kib / 1024, out.decode("utf-8", "replace"), err_text
 
 
 def ggq_cmd(model: Path, a) -> list[str]:
@@ -153,7 +155,8 @@ def main() -> None:
     ap.add_argument("-c", "--ctx", type=int, default=4096)
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-p", "--prompt", default=PROMPT)
-    ap.add_argument("-r", "--repeat", type=int, default=1, help="runs of each total (the minimum is kept)")
+    ap.add_argument("-r", "--repeat", type=int, default=1,
+                    help="runs of each total (the minimum peak and the median first-text time are kept)")
     ap.add_argument("--no-phases", action="store_true")
     ap.add_argument("--tracemalloc", action="store_true")
     ap.add_argument("--llama-cpp-dir", default=str(LLAMA_DIR))
@@ -167,10 +170,15 @@ def main() -> None:
         g = gguf_path(name)
         resolve_model_path(g)  # the one-time import, outside the measurement
         res = {"gguf": str(g)}
-        res["ggq_mib"] = min(peak_rss_mib(ggq_cmd(g, a))[0] for _ in range(a.repeat))
+        runs = [peak_rss_mib(ggq_cmd(g, a)) for _ in range(a.repeat)]
+        res["ggq_mib"] = min(r[0] for r in runs)
+        firsts = [int(m.group(1)) for r in runs for m in [re.search(r"first text after (\d+) ms", r[2])] if m]
+        res["ggq_first_text_ms"] = sorted(firsts)[len(firsts) // 2] if firsts else None
         lc = llama_cmd(g, a)
         res["llama_mib"] = min(peak_rss_mib(lc)[0] for _ in range(a.repeat)) if lc else None
         print(f"\n{name}: {g}")
+        if res["ggq_first_text_ms"] is not None:
+            print(f"  ggq run's own 'first text after' (median of {len(firsts)}): {res['ggq_first_text_ms']} ms")
         if res["llama_mib"]:
             print(f"  peak RSS  ggq run {res['ggq_mib']:.0f} MiB   llama-completion {res['llama_mib']:.0f} MiB"
                   f"   ratio {res['ggq_mib'] / res['llama_mib']:.2f}x")

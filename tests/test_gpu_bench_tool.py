@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch", reason="the torch backend needs torch (pip install 'ggq[gpu]')")
+from optional import needed  # noqa: E402
+
+needed("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import gpu_bench  # noqa: E402

@@ -20,9 +20,11 @@ import pytest
 import ggq
 from tiny_model import make_tiny_hf_dir
 
-openai = pytest.importorskip("openai", reason="the test extra (openai) is not installed")
-pytest.importorskip("starlette", reason="the serve extra (starlette) is not installed")
-pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
+from optional import needed  # noqa: E402
+
+openai = needed("openai")
+needed("starlette")
+needed("uvicorn")
 
 from ggq.server import Server, bind, create_app  # noqa: E402
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the torch backend needs torch (pip install 'ggq[gpu]')")
+from optional import needed  # noqa: E402
+
+torch = needed("torch")
 
 import ggq  # noqa: E402
 from ggq.errors import UsageError  # noqa: E402
@@ -56,7 +58,9 @@ def test_dequant_equals_gguf_bit_for_bit(name):
 
 
 def test_dequant_refuses_a_wrong_row_size():
-    with pytest.raises(ValueError, match="do not hold rows"):
+    from ggq.errors import QuantError
+
+    with pytest.raises(QuantError, match="do not hold rows"):
         dequantize_rows("Q4_K", torch.zeros((2, 100), dtype=torch.uint8), 256)
 
 
@@ -262,7 +266,7 @@ print("ok", worst)
 def test_triton_kernels_in_the_interpreter(tiny_files, tmp_path):
     """The Triton matvec kernels (CUDA's decode products) run by Triton's interpreter on CPU
     tensors: every type against dequantize-then-multiply, and inside a whole model's decode."""
-    pytest.importorskip("triton", reason="triton is not installed (it comes with torch's CUDA builds)")
+    needed("triton")
     import os
     import subprocess
     import sys

@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except BrokenPipeError:
         return 0
+    except OSError as e:  # a file the command writes or reads: missing folder, disk full, no permission
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        click.echo(f"ggq: error: {where}{e.strerror or e}", err=True)
+        return 1
     return 0
 
 

@@ -41,6 +41,8 @@ def calibrate(model, text_file, output, ctx_size, chunks, process_output, hessia
 
     if output.is_dir():
         raise UsageError(f"{output}: is a folder; give a file name such as imatrix.gguf")
+    if not output.resolve().parent.is_dir():  # before the collection run, not after it
+        raise UsageError(f"{output}: folder {output.resolve().parent} does not exist")
     if not force and os.path.lexists(output):
         raise UsageError(f"{output} already exists; refusing to overwrite it (use --force)")
     text = read_text(text_file)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -59,6 +60,8 @@ def kld(model, ref, text_file, ctx_size, chunks, protocol, save_ref, threads, as
 
     text = read_text(text_file)
     saved = is_ref_file(ref)
+    if save_ref is not None and not os.path.isdir(os.path.dirname(os.path.abspath(save_ref))):
+        raise UsageError(f"{save_ref}: folder {os.path.dirname(os.path.abspath(save_ref))} does not exist")
     if saved and save_ref is not None:
         raise UsageError(f"{ref} is a saved reference already; --save-ref needs a reference model")
     m = _load(model, ctx_size, threads, n_gpu_layers=n_gpu_layers, device=device)

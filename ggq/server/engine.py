@@ -123,9 +123,10 @@ class Engine:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is not None:
+            if isinstance(job, Job):  # (not the shutdown marker, nor a queued callable such as warm-up)
                 job.cancel.set()
                 self._finish(job, "cancelled")
+                job.push(("done", job))  # its handler is waiting for this
         cur = self.current
         if cur is not None:
             cur.cancel.set()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import QuantError
 from ..quants import get_type
 from ..quants.iquants import KVALUES_IQ4NL
 
@@ -174,6 +175,6 @@ def dequantize_rows(name: str, raw: torch.Tensor, cols: int, dtype=torch.float32
         return raw.contiguous().view(FLOAT_VIEW[name]).reshape(rows, cols).to(dtype)
     qt = get_type(name)
     if cols % qt.block_size or raw.shape[1] != cols // qt.block_size * qt.type_size:
-        raise ValueError(f"{name}: {tuple(raw.shape)} bytes do not hold rows of {cols} columns")
+        raise QuantError(f"{name}: {tuple(raw.shape)} bytes do not hold rows of {cols} columns")
     blocks = raw.reshape(rows * (cols // qt.block_size), qt.type_size)
     return DEQUANT[name](blocks).reshape(rows, cols).to(dtype)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ModelError
 from ..models.base import KVCache, Rope, Step, window_start
 from .dequant import dequantize_rows, supported
 
@@ -32,7 +33,7 @@ class TorchMatrix:
 
     def __init__(self, ops: "TorchOps", name, qtype, rows: int, cols: int, data: torch.Tensor, raw=None):
         if not supported(qtype.name.upper()):
-            raise ValueError(f"{name}: type {qtype.name} has no torch dequantizer")
+            raise ModelError(f"{name}: type {qtype.name} has no torch dequantizer (keep it on the CPU: smaller -ngl)")
         self.name, self.qtype, self.rows, self.cols = name, qtype, int(rows), int(cols)
         self.exact = False  # the torch products are always float32 (kept for set_exact)
         self.raw = raw      # the host bytes (file view) it came from, for tools
@@ -42,6 +43,9 @@ class TorchMatrix:
 
     @classmethod
     def upload(cls, ops: "TorchOps", m) -> "TorchMatrix":
+        if not supported(m.qtype.name.upper()):
+            raise ModelError(f"{m.name}: type {m.qtype.name} has no torch dequantizer (keep it on the CPU: smaller -ngl)")
+        ops.check_room(m.raw.nbytes, f"tensor {m.name}")
         data = torch.from_numpy(np.array(m.raw, dtype=np.uint8, copy=True)).to(ops.device)
         return cls(ops, m.name, m.qtype, m.rows, m.cols, data, raw=m.raw)
 
@@ -138,6 +142,15 @@ class TorchOps:
         return f"<TorchOps {self.device}>"
 
     # -- weights and tensors ---------------------------------------------------------------------
+    def check_room(self, nbytes: int, what: str) -> None:
+        """A one-line ModelError, before allocating, when the device has not nbytes free."""
+        if self.device.type != "cuda":
+            return
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if nbytes > free:
+            raise ModelError(f"{what} needs {nbytes / 2**20:.0f} MiB on {self.device}, which has "
+                             f"{free / 2**20:.0f} MiB free (use fewer -ngl layers or a smaller -c)")
+
     def adopt(self, m):
         return m if isinstance(m, TorchMatrix) else TorchMatrix.upload(self, m)
 
@@ -182,6 +195,8 @@ class TorchOps:
     # -- attention -------------------------------------------------------------------------------
     def kv_cache(self, n_layers: int, n_heads: int, n_kv_heads: int, n_ctx: int, head_dim: int) -> list:
         shape = (n_kv_heads, n_ctx, head_dim)
+        self.check_room(2 * n_layers * n_kv_heads * n_ctx * head_dim * 4,
+                        f"the KV cache of {n_layers} layers x {n_ctx} positions")
         return [KVCache(torch.zeros(shape, dtype=torch.float32, device=self.device),
                         torch.zeros(shape, dtype=torch.float32, device=self.device),
                         n_heads, n_kv_heads, head_dim) for _ in range(n_layers)]

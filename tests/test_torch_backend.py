@@ -240,7 +240,7 @@ import sys
 rng = np.random.default_rng(0)
 worst = 0.0
 for name in triton_mv.KINDS:
-    for rows, cols in ((7, 512), (3, 768)):
+    for rows, cols in ((5, 768),):  # 3 super-blocks, 24 small blocks; rows not a multiple of ROWS
         raw = torch.from_numpy(get_type(name).quantize(rng.standard_normal((rows, cols)).astype(np.float32)))
         x = torch.from_numpy(rng.standard_normal((1, cols)).astype(np.float32))
         ref = (dequantize_rows(name, raw, cols).double() @ x.double().T).T
@@ -249,10 +249,10 @@ for name in triton_mv.KINDS:
         err = float((got - ref).abs().max() / ref.abs().max())
         assert err < 1e-5, (name, err)
         worst = max(worst, err)
-path, toks = sys.argv[1], np.random.default_rng(1).integers(3, 300, size=20)
+path, toks = sys.argv[1], np.random.default_rng(1).integers(3, 300, size=15)
 def run(m):
     out = [m.forward(toks[:12], 0, all_logits=True)]
-    out += [m.forward(toks[i:i + 1], i) for i in range(12, 20)]
+    out += [m.forward(toks[i:i + 1], i) for i in range(12, 15)]
     return np.concatenate(out)
 ref = build_model(GGQReader(path), n_ctx=24); ref.set_exact(True)
 m = build_model(GGQReader(path), n_ctx=24, offload=Offload(99, TorchOps("cpu", static=True, triton=triton_mv)))

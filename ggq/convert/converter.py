@@ -7,7 +7,6 @@ output. The input is only ever opened for reading.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..errors import ConvertError, GGQError
 from ..quants import get_type
+from ..quants.base import accepts_search
 from .presets import normalize_preset, plan_types
 from .sources import ModelConfig, Source, open_source
 
@@ -219,13 +219,6 @@ def _load_imatrix(imatrix, src: Source) -> Importance | None:
     return Importance(out, hess, label, datasets, chunks)
 
 
-def _accepts_search(qt) -> bool:
-    try:
-        return "search" in inspect.signature(qt.quantize).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
@@ -390,13 +383,13 @@ def _tensor_bytes(src: Source, e: PlanEntry, im: Importance | None) -> np.ndarra
     if not qt.is_float:
         if im and e.name in im.weights:
             kw["imatrix"] = im.weights[e.name]
-        if _accepts_search(qt) and e.source_type != qt.name:
+        if accepts_search(qt) and e.source_type != qt.name:
             kw["search"] = True  # least-squares scale search (k-quants always search)
     try:
         if e.method == "gptq":
             from ..quality.gptq import gptq_quantize
 
-            out = gptq_quantize(qt, x2, im.hessians[e.name])
+            out = gptq_quantize(qt, x2, im.hessians[e.name], search=kw.get("search", False))
         else:
             out = qt.quantize(x2, **kw)
     except GGQError:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import QuantError
+from ..quants.base import accepts_search
 
 DAMP = 0.01  # H += DAMP * mean(diag H) * I: keeps H invertible (dead inputs) and the updates tame
 
@@ -77,7 +78,7 @@ def _gptq(qt, w, h, weights, damp, search) -> np.ndarray:
     mean_diag = float(np.mean(np.diag(h)))
     h[np.diag_indices(cols)] += damp * mean_diag
     u = _upper_cholesky_of_inverse(h)
-    kw = {"search": True} if search and _accepts_search(qt) else {}
+    kw = {"search": True} if search and accepts_search(qt) else {}
     out = np.empty((rows, qt.row_bytes(cols)), dtype=np.uint8)
     bb = qt.type_size
     for b0 in range(0, cols, bs):
@@ -99,15 +100,6 @@ def _gptq(qt, w, h, weights, damp, search) -> np.ndarray:
             e = np.linalg.solve(ub.T, d.T).T
             w[:, b1:] -= e @ u[b0:b1, b1:]
     return out
-
-
-def _accepts_search(qt) -> bool:
-    import inspect
-
-    try:
-        return "search" in inspect.signature(qt.quantize).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def output_error(x: np.ndarray, w: np.ndarray, w_hat: np.ndarray) -> float:

@@ -51,6 +51,16 @@ class QuantType:
         return f"<QuantType {self.name} id={self.ggml_id} block={self.block_size} bytes={self.type_size}>"
 
 
+def accepts_search(qt) -> bool:
+    """Whether qt.quantize takes search= (a least-squares scale search beyond the reference)."""
+    import inspect
+
+    try:
+        return "search" in inspect.signature(qt.quantize).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def as_rows(x: np.ndarray) -> np.ndarray:
     """View any array as 2-D (rows, last_dim), float32, C-contiguous."""
     x = np.asarray(x)

@@ -191,3 +191,13 @@ def test_broken_tokenizer_in_file_is_one_line(tmp_path):
     msg = str(e.value)
     assert msg.startswith("b.ggq: embedded tokenizer is unusable: ") and "\n" not in msg
     assert "Cannot instantiate" not in msg  # the same words as from_str's
+
+
+def test_tokenizer_json_of_another_type_is_one_line(tmp_path):
+    from ggq.format import GGQReader, GGQWriter
+
+    with GGQWriter(tmp_path / "n.ggq") as w:
+        w.add_metadata("tokenizer.huggingface.json", list(range(20000)), "array[u32]")
+    with GGQReader(tmp_path / "n.ggq") as r:
+        with pytest.raises(TokenizerError, match="unusable.*not a string"):
+            Tokenizer(r.metadata, source="n.ggq")

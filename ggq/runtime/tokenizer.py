@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from ..errors import TokenizerError, UsageError
+from ..errors import GGQError, TokenizerError, UsageError
 
 # Tokens that end generation besides eos when present as special tokens (as llama.cpp's EOG set).
 _EOG_TEXTS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>", "<end_of_turn>", "</s>")
@@ -96,7 +96,10 @@ class Tokenizer:
         # a .ggq reader's metadata gives the JSON's UTF-8 bytes as stored: no str of it is made
         # (4 bytes a character for a vocabulary with characters beyond U+FFFF)
         raw_string = getattr(metadata, "raw_string", None)
-        js = raw_string(key) if raw_string is not None and key in metadata else metadata.get(key)
+        try:
+            js = raw_string(key) if raw_string is not None and key in metadata else metadata.get(key)
+        except GGQError as e:  # not a string: unusable, as `tokenizers` would say of it
+            raise TokenizerError(f"{source}: embedded tokenizer is unusable: {e}") from None
         if not js:
             raise TokenizerError(f"{source}: no embedded tokenizer (metadata tokenizer.huggingface.json)")
         self.source = source

@@ -298,3 +298,24 @@ def test_random_corruption_never_crashes(tmp_path, good):
                 r.verify()
         except FormatError as e:
             assert "fuzz.ggq" in str(e)
+
+
+def test_sigterm_during_a_write_leaves_no_temp_file(tmp_path):
+    """The CLI turns SIGTERM into SystemExit: a writer interrupted by it removes its temp file."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "x.ggq"
+    script = (
+        "import os, signal, numpy as np\n"
+        "from ggq.cli import terminate_as_exit\n"
+        "from ggq.format import GGQWriter\n"
+        "terminate_as_exit()\n"
+        f"with GGQWriter({str(out)!r}) as w:\n"
+        "    w.add_tensor('a', 'F32', (4, 8)); w.add_tensor('b', 'F32', (4, 8))\n"
+        "    w.write_tensor('a', np.zeros((4, 8), np.float32))\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    w.write_tensor('b', np.zeros((4, 8), np.float32))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 143, r.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []

@@ -49,7 +49,24 @@ def _register() -> None:
         importlib.import_module(f"{__name__}.{mod}")  # each adds its commands to `cli`
 
 
+def terminate_as_exit() -> None:
+    """SIGTERM (kill, a service manager) raises SystemExit(143) in the main thread, so that a
+    write in progress unwinds: GGQWriter and the other writers then remove their temp files
+    instead of leaving them behind. Only where SIGTERM still has its default action."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def _exit(signum, frame):
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, _exit)
+
+
 def main(argv: list[str] | None = None) -> int:
+    terminate_as_exit()
     try:
         cli.main(args=argv, prog_name="ggq", standalone_mode=False)
     except GGQError as e:

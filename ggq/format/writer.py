@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import ConvertError, FormatError, QuantError
 from ..quants import QuantType, find_by_id, get_type
 from . import layout as L
+from .atomic import sync_folder
 
 _NP_VTYPES = {
     np.dtype(np.uint8): L.U8, np.dtype(np.int8): L.I8, np.dtype(np.uint16): L.U16,
@@ -377,14 +378,7 @@ class GGQWriter:
             else:
                 os.unlink(self.tmp_path)
         self.tmp_path = None
-        try:
-            dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass  # directory fsync is best effort (not supported everywhere)
+        sync_folder(self.path)
 
     def abort(self) -> None:
         """Drop everything written so far: no output, no temp file."""

@@ -12,9 +12,7 @@ float mode, summing in float64.
 """
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from ..format.atomic import discard, publish, temp_beside
 
 SUM_SUFFIX = ".in_sum2"
 COUNT_SUFFIX = ".counts"
@@ -234,22 +233,15 @@ def write_imatrix(path, im: IMatrix) -> Path:
         off += (a.nbytes + GGUF_ALIGN - 1) // GGUF_ALIGN * GGUF_ALIGN
     head += b"".join(infos)
     head += b"\0" * ((-len(head)) % GGUF_ALIGN)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.resolve().parent)
+    f, tmp = temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(head)
-            for _, a in tensors:
-                f.write(a.tobytes())
-                f.write(b"\0" * ((-a.nbytes) % GGUF_ALIGN))
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        f.write(head)
+        for _, a in tensors:
+            f.write(a.tobytes())
+            f.write(b"\0" * ((-a.nbytes) % GGUF_ALIGN))
+        publish(f, tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        discard(f, tmp)
         raise
     return path
 

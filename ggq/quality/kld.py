@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UsageError
+from ..format.atomic import discard, publish, temp_beside
 
 PROTOCOLS = ("half", "full")
 REF_MAGIC = b"GGQKLREF"
@@ -213,9 +212,7 @@ class RefWriter:
         self.h = header
         self.hjson = json.dumps(header.__dict__).encode()
         self.tok_off, self.log_off, self.size = header.layout(len(self.hjson))
-        d = self.path.resolve().parent
-        fd, self.tmp = tempfile.mkstemp(prefix=self.path.name + ".tmp-", dir=d)
-        self.f = os.fdopen(fd, "wb")
+        self.f, self.tmp = temp_beside(self.path)
         self.f.write(REF_MAGIC + struct.pack("<II", REF_VERSION, len(self.hjson)) + self.hjson)
         self.f.write(b"\0" * (self.tok_off - self.f.tell()))
         self.n = 0
@@ -239,21 +236,10 @@ class RefWriter:
             raise UsageError(f"{self.path}: {self.n} of {self.h.windows} reference windows written")
         self.f.seek(self.tok_off)
         self.f.write(np.stack(self.tokens).astype("<i8").tobytes())
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp made it private
-        os.replace(self.tmp, self.path)
-        return self.path
+        return publish(self.f, self.tmp, self.path)
 
     def abort(self) -> None:
-        try:
-            self.f.close()
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
+        discard(self.f, self.tmp)
 
     def __enter__(self):
         return self

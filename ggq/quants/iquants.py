@@ -36,7 +36,7 @@ from numba import njit, prange
 from ..errors import QuantError
 from . import register
 from .base import QuantType, as_rows
-from .kquants import GROUP_MAX_EPS, _f16_to_f32, _f32_to_f16, _nint
+from .kquants import GROUP_MAX_EPS, _f16_to_f32, _f32_to_f16, _nint, _signed_absmax
 
 # the one table both types index (ggml-common.h kvalues_iq4nl)
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
@@ -98,18 +98,6 @@ def _weights(x, xo, n, qw, use_qw, wmode, w):
             w[j] = xj * xj
 
 
-@njit(cache=True)
-def _signed_max(x, xo, n):
-    amax = np.float32(0.0)
-    mx = np.float32(0.0)
-    for j in range(n):
-        ax = abs(x[xo + j])
-        if ax > amax:
-            amax = ax
-            mx = x[xo + j]
-    return amax, mx
-
-
 # ----------------------------------------------------------------------------- reference
 
 @njit(cache=True)
@@ -122,7 +110,7 @@ def _ref_superblock(x, xo, n, w, y, yo, L, scales):
     for ib in range(nsub):
         bo = xo + QK4_NL * ib
         lo = QK4_NL * ib
-        amax, mx = _signed_max(x, bo, QK4_NL)
+        amax, mx = _signed_absmax(x, bo, QK4_NL)
         if amax < GROUP_MAX_EPS:
             scales[ib] = np.float32(0.0)
             continue
@@ -205,7 +193,7 @@ def _assign_err(x, bo, w, wo, dl, L, lo):
 def _sub_scale(x, bo, w, wo, Laux):
     """The search's float scale for the 32 elements at x[bo:]: best weighted least-squares scale
     over 2 x (2 NTRY_SEARCH + 1) candidates, then two assign/refit rounds."""
-    amax, mx = _signed_max(x, bo, QK4_NL)
+    amax, mx = _signed_absmax(x, bo, QK4_NL)
     if amax < GROUP_MAX_EPS:
         return np.float32(0.0)
     d = np.float32(0.0)

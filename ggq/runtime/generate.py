@@ -59,28 +59,25 @@ def check_max_tokens(max_tokens) -> int:
     return int(max_tokens)
 
 
-def generate_ids(llama, ids, sampler, max_tokens: int, stop_ids=frozenset(), stats: Stats | None = None):
-    """Yield sampled token ids after the prompt ids (a stop id ends generation, not yielded)."""
-    stats = stats if stats is not None else Stats()
-    n_ctx = llama.n_ctx
-    n = len(ids)
+def token_budget(n: int, n_ctx: int, max_tokens) -> tuple[int, int]:
+    """(max_tokens checked, how many tokens may be generated after a prompt of n tokens), or a
+    UsageError for an empty prompt or one that leaves no room in the context."""
     if n == 0:
         raise UsageError("the prompt is empty (no tokens)")
     if n >= n_ctx:
         raise UsageError(f"the prompt is {n} tokens but the context holds {n_ctx} "
                          f"(with room for at least one generated token); use a larger --ctx-size")
     max_tokens = check_max_tokens(max_tokens)
-    budget = n_ctx - n if max_tokens < 0 else min(max_tokens, n_ctx - n)
-    stats.prompt_tokens = n
-    t0 = time.perf_counter()
-    if budget == 0:
-        stats.stop = "length"
-        return
-    logits = prefill(llama, ids)[-1]
-    t1 = time.perf_counter()
-    stats.prompt_s = t1 - t0
-    history = [int(i) for i in ids]
-    pos = n
+    return max_tokens, n_ctx - n if max_tokens < 0 else min(max_tokens, n_ctx - n)
+
+
+def decode_loop(step, logits, history: list, sampler, budget: int, max_tokens: int, stop_ids, stats: Stats,
+                t0: float, cancelled=None):
+    """Sample from logits, feed each token back with step(token, position) -> next logits, up to
+    budget tokens (positions from len(history) on); a stop id ends it (not yielded). Keeps the
+    timing in stats (t0: when the prompt pass began). cancelled(): checked after each token;
+    True ends generation with stats.stop == "cancelled". generate_ids and runtime.session share it."""
+    pos = len(history)
     t_prev = 0.0
     for i in range(budget):
         tok = sampler(logits, history)
@@ -97,8 +94,27 @@ def generate_ids(llama, ids, sampler, max_tokens: int, stop_ids=frozenset(), sta
         history.append(tok)
         stats.gen_tokens += 1
         yield tok
+        if cancelled is not None and cancelled():
+            stats.stop = "cancelled"
+            return
         if i + 1 == budget:
             break
-        logits = llama.forward([tok], pos)[-1]
+        logits = step(tok, pos)
         pos += 1
     stats.stop = "length" if budget == max_tokens else "context"
+
+
+def generate_ids(llama, ids, sampler, max_tokens: int, stop_ids=frozenset(), stats: Stats | None = None):
+    """Yield sampled token ids after the prompt ids (a stop id ends generation, not yielded)."""
+    stats = stats if stats is not None else Stats()
+    n = len(ids)
+    max_tokens, budget = token_budget(n, llama.n_ctx, max_tokens)
+    stats.prompt_tokens = n
+    t0 = time.perf_counter()
+    if budget == 0:
+        stats.stop = "length"
+        return
+    logits = prefill(llama, ids)[-1]
+    stats.prompt_s = time.perf_counter() - t0
+    yield from decode_loop(lambda tok, pos: llama.forward([tok], pos)[-1], logits, [int(i) for i in ids],
+                           sampler, budget, max_tokens, stop_ids, stats, t0)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UsageError
-from .generate import N_BATCH, Stats, check_max_tokens
+from .generate import N_BATCH, Stats, decode_loop, token_budget
 from .sampler import Sampler
 
 
@@ -118,13 +118,7 @@ class Session:
         stats = stats if stats is not None else TurnStats()
         ids = [int(t) for t in ids]
         n = len(ids)
-        if n == 0:
-            raise UsageError("the prompt is empty (no tokens)")
-        if n >= self.n_ctx:
-            raise UsageError(f"the prompt is {n} tokens but the context holds {self.n_ctx} "
-                             f"(with room for at least one generated token)")
-        max_tokens = check_max_tokens(max_tokens)
-        budget = self.n_ctx - n if max_tokens < 0 else min(max_tokens, self.n_ctx - n)
+        max_tokens, budget = token_budget(n, self.n_ctx, max_tokens)
         stats.prompt_tokens = n
         if budget == 0:
             stats.stop = "length"
@@ -136,29 +130,5 @@ class Session:
         logits, stats.prompt_reused = self.prefill(ids, reuse)
         stats.prompt_evaluated = n - stats.prompt_reused
         stats.prompt_s = time.perf_counter() - t0
-        history = list(ids)
-        pos = n
-        t_prev = 0.0
-        for i in range(budget):
-            tok = sampler(logits, history)
-            now = time.perf_counter()
-            if i == 0:
-                stats.first_token_s = now - t0
-            else:
-                stats.decode_s += now - t_prev
-                stats.decode_steps += 1
-            t_prev = now
-            if tok in stop_ids:
-                stats.stop = "eos"
-                return
-            history.append(tok)
-            stats.gen_tokens += 1
-            yield tok
-            if cancelled is not None and cancelled():
-                stats.stop = "cancelled"
-                return
-            if i + 1 == budget:
-                break
-            logits = self._forward([tok], pos)[-1]
-            pos += 1
-        stats.stop = "length" if budget == max_tokens else "context"
+        yield from decode_loop(lambda tok, pos: self._forward([tok], pos)[-1], logits, ids, sampler, budget,
+                               max_tokens, stop_ids, stats, t0, cancelled)

@@ -273,7 +273,11 @@ def test_triton_kernels_in_the_interpreter(tiny_files, tmp_path):
 
     script = tmp_path / "triton_check.py"
     script.write_text(TRITON_CHECK)
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])  # ggq importable without an install
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     r = subprocess.run([sys.executable, str(script), str(tiny_files("q4_k_m"))], env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-3000:]
@@ -287,21 +291,102 @@ def test_cuda_graphs_replay_the_same_steps(tiny_files):
 
     path = tiny_files("q4_k_m")
     toks = np.random.default_rng(6).integers(3, 300, size=30)
-    graphs = _offloaded(path, 99, TorchOps("cuda"))
+    graphs = _offloaded(path, 99, TorchOps("cuda", prompt_dtype="float32"))
     assert graphs.segments[0][0].graphs and graphs.segments[0][0].triton is not None
-    eager = _offloaded(path, 99, TorchOps("cuda", graphs=False))
+    eager = _offloaded(path, 99, TorchOps("cuda", graphs=False, prompt_dtype="float32"))
     cpu = _offloaded(path, 99, TorchOps("cpu"))
     a, b, c = (_run_model(m, toks, 10) for m in (graphs, eager, cpu))
     assert _err(a, b) < 1e-5 and _err(a, c) < 1e-3
 
 
-@needs_cuda
-def test_cuda_offload_matches_torch_cpu(tiny_files):
+@pytest.mark.parametrize("dtype, tol", [("float16", 1e-2), ("bfloat16", 5e-2)])
+def test_prompt_matmuls_in_half_precision(tiny_files, dtype, tol):
+    """Batches multiplied in float16 / bfloat16 (CUDA's default is float16): within that
+    precision of the exact engine; float32 stays exact; an unknown dtype is refused."""
+    from ggq.torch_backend.ops import TorchOps
+
     path = tiny_files("q4_k_m")
-    toks = np.random.default_rng(4).integers(3, 300, size=24)
-    cpu = _run(ggq.load(path, n_ctx=32, n_gpu_layers=99, device="cpu"), toks, 16)
-    gpu = _run(ggq.load(path, n_ctx=32, n_gpu_layers=99, device="cuda"), toks, 16)
-    assert _err(gpu, cpu) < 1e-3
+    toks = np.random.default_rng(7).integers(3, 300, size=24)
+    ref_model = ggq.load(path, n_ctx=32)
+    ref_model.llama.set_exact(True)
+    ref = _run(ref_model, toks, 16)
+    err = _err(_run_model(_offloaded(path, 99, TorchOps("cpu", prompt_dtype=dtype)), toks, 16), ref)
+    assert 1e-5 < err < tol  # above float32 rounding: the half-precision path did run
+    assert _err(_run_model(_offloaded(path, 99, TorchOps("cpu", prompt_dtype="float32")), toks, 16), ref) < 1e-4
+    with pytest.raises(ValueError, match="prompt_dtype"):
+        TorchOps("cpu", prompt_dtype="float8")
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", sorted(DEQUANT))  # every quantized type has a Triton kind
+def test_triton_matvec_on_cuda(name):
+    """Each type's Triton kernel on the GPU against float64 products of the exact dequantized
+    rows; shapes with a partial last program and many tiles per row."""
+    from ggq.torch_backend import triton_mv
+
+    assert set(triton_mv.KINDS) == set(DEQUANT)
+    rng = np.random.default_rng(8)
+    for rows, cols in ((5, 768), (1001, 2048), (64, 8192)):
+        raw = torch.from_numpy(get_type(name).quantize(rng.standard_normal((rows, cols)).astype(np.float32))).cuda()
+        x = torch.from_numpy(rng.standard_normal((1, cols)).astype(np.float32)).cuda()
+        ref = (dequantize_rows(name, raw, cols).double() @ x.double().T).T
+        y = triton_mv.matvec(name, raw, x, cols)
+        torch.cuda.synchronize()
+        assert y.shape == (1, rows) and torch.isfinite(y).all()
+        assert float((y - ref).abs().max() / ref.abs().max()) < 1e-5, (name, rows, cols)
+
+
+# The CUDA tests take torch's CPU device in float32 as their reference: the tests above hold it
+# to the Numba engine on every machine, and the GPU machine is spared compiling the engine.
+
+@needs_cuda
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_cuda_offload_every_type(tiny_files, preset):
+    """Every quant type on the GPU (Triton decode steps replayed from CUDA graphs, tile prompts)
+    against torch's CPU device: float32 prompts to float32 rounding; the default float16 prompts
+    within half precision."""
+    from ggq.torch_backend.ops import TorchOps
+
+    path = tiny_files(preset)
+    toks = np.random.default_rng(9).integers(3, 300, size=28)
+    ref = _run_model(_offloaded(path, 99, TorchOps("cpu"), n_ctx=32), toks, 20)
+    exact = _offloaded(path, 99, TorchOps("cuda", prompt_dtype="float32"), n_ctx=32)
+    assert exact.segments[0][0].graphs and exact.segments[0][0].triton is not None
+    assert _err(_run_model(exact, toks, 20), ref) < 1e-4
+    default = ggq.load(path, n_ctx=32, n_gpu_layers=99, device="cuda")
+    assert _err(_run(default, toks, 20), ref) < 1e-2
+
+
+@needs_cuda
+def test_cuda_gemma3_graphs_across_the_window(tmp_path):
+    from ggq.torch_backend.ops import TorchOps
+
+    path = make_tiny_gemma3(tmp_path / "g.ggq", qtype="Q8_0")
+    toks = np.random.default_rng(10).integers(3, GEMMA_VOCAB, size=30)  # past the 6-position window
+    ref = _run_model(_offloaded(path, 99, TorchOps("cpu")), toks, 12)
+    for ngl in (2, 99):
+        m = _offloaded(path, ngl, TorchOps("cuda", prompt_dtype="float32"))
+        assert _err(_run_model(m, toks, 12), ref) < 1e-4, ngl
+
+
+@needs_cuda
+def test_cuda_memory_is_the_quantized_bytes(tiny_files):
+    """The weights on the GPU are the file's bytes (no float copy): allocated memory after load is
+    the quantized matrices, the norms and the KV cache, and a prompt's tiles are freed after it."""
+    path = tiny_files("q4_k_m")
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    m = ggq.load(path, n_ctx=32, n_gpu_layers=99, device="cuda")
+    torch.cuda.synchronize()
+    loaded = torch.cuda.memory_allocated() - before
+    mats = [x for x in m.llama.matrices() if hasattr(x, "data")]
+    quantized = sum(x.data.numel() for x in mats)
+    assert quantized == sum(x.raw.nbytes for x in mats)
+    floats = sum(x.rows * x.cols * 4 for x in mats)
+    assert quantized <= loaded < quantized + floats / 4  # far from a float copy of the matrices
+    m.llama.forward(np.arange(3, 19), 0)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() - before < loaded + floats / 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,6 +442,21 @@ def test_cli_run_and_bench_with_ngl(tiny_files, capsys):
     assert "numba+torch:cpu" in out and "2/3 layers offloaded" in out and "quantized weights" in out
     assert main(["run", path, "-p", "x", "-n", "1", "-ngl", "-1"]) != 0
     assert "n-gpu-layers" in capsys.readouterr().err.lower()
+
+
+@needs_cuda
+def test_cli_on_cuda(tiny_files, capsys):
+    """run and bench with -ngl on the GPU (the default device): bench states the GPU memory and
+    the prompt precision; run writes text."""
+    from ggq.cli import main
+
+    path = str(tiny_files("q8_0"))
+    assert main(["bench", path, "-p", "8", "-n", "4", "-r", "1", "-ngl", "99"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU memory (cuda" in out and "prompt matmuls in float16" in out and "3/3 layers offloaded" in out
+    args = ["run", path, "-p", "hello world", "-n", "6", "--temp", "0", "-ngl", "99"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip()
 
 
 @pytest.mark.skipif(CUDA, reason="checks the no-GPU fallback")

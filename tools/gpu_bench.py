@@ -11,9 +11,17 @@ layer and the output matrix offloaded (-ngl 999):
 
 - pp512: one 512-token prompt, tokens/s; tg128: 128 one-token steps after a short prompt;
 - the same decode without CUDA graphs, and without the Triton kernels (tile decode), to show
-  what each buys; GPU memory (peak allocated, quantized weights, file size).
+  what each buys; GPU memory (peak allocated, quantized weights, file size);
+- what users would pick instead, in the same run: transformers' LlamaForCausalLM of the same
+  shapes in float16 (random weights), its prefill of the same prompt (logits of the last
+  position only, as ggq computes), `generate()` greedy, and a hand loop over its KV cache.
 
-Results as a Markdown table on stdout, and as JSON with --json FILE.
+--sweep MODEL also runs that model with -ngl 0 (the CPU engine alone), half the layers, and all;
+--profile MODEL writes torch profiler tables (a prompt, and decode steps without graphs) to
+--profile-out, and states the GPU's busy time per step against the wall time.
+
+Results as a Markdown table on stdout, and as JSON with --json FILE (rewritten after each model,
+so a run cut short keeps what it measured).
 """
 from __future__ import annotations
 
@@ -87,8 +95,9 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
-def measure(path: Path, device: str, n_prompt: int, n_gen: int, reps: int, **ops_kw) -> dict:
-    """pp and tg tokens/s (medians over reps) with every layer and the output on `device`."""
+def measure(path: Path, device: str, n_prompt: int, n_gen: int, reps: int, ngl: int = 999, **ops_kw) -> dict:
+    """pp and tg tokens/s (medians over reps) with the last ngl layers (999: every layer and the
+    output) on `device`; ngl 0: the CPU engine alone."""
     import torch
 
     from ggq.format import GGQReader
@@ -98,9 +107,9 @@ def measure(path: Path, device: str, n_prompt: int, n_gen: int, reps: int, **ops
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    ops = TorchOps(device, **ops_kw)
     reader = GGQReader(path)
-    model = build_model(reader, n_ctx=max(n_prompt, 16 + n_gen, 36) + 8, offload=Offload(999, ops))
+    offload = Offload(ngl, TorchOps(device, **ops_kw)) if ngl else None
+    model = build_model(reader, n_ctx=max(n_prompt, 16 + n_gen, 36) + 8, offload=offload)
     vocab = model.vocab_size
     rng = np.random.default_rng(1)
     prompt = rng.integers(0, vocab, size=n_prompt)
@@ -124,12 +133,112 @@ def measure(path: Path, device: str, n_prompt: int, n_gen: int, reps: int, **ops
         _sync(device)
         tg.append(n_gen / (time.perf_counter() - t))
     weights = sum(m.data.numel() for m in model.matrices() if hasattr(m, "data"))
-    out = {"pp": statistics.median(pp), "tg": statistics.median(tg), "pp_all": pp, "tg_all": tg,
+    out = {"ngl": ngl, "pp": statistics.median(pp), "tg": statistics.median(tg), "pp_all": pp, "tg_all": tg,
            "weights_mib": weights / 2**20, "file_mib": path.stat().st_size / 2**20}
     if device.startswith("cuda"):
         out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    del model
     reader.close()
     return out
+
+
+def measure_transformers(shape, device: str, n_prompt: int, n_gen: int, reps: int) -> dict:
+    """transformers' LlamaForCausalLM of these shapes in float16 on device, random weights:
+    prefill tokens/s (last position's logits), generate() and a hand loop over its cache, tok/s."""
+    import torch
+    import transformers
+
+    dim, layers, ffn, heads, kv, vocab, _ = shape
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=ffn,
+                                   num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                                   max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
+                                   tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
+                                   pad_token_id=None)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.LlamaForCausalLM(cfg).to(torch.float16).eval()
+    prompt = torch.randint(0, vocab, (1, n_prompt), device=device)
+    short = prompt[:, :16]
+    pp, gen, loop = [], [], []
+    with torch.inference_mode():
+        def prefill():
+            try:
+                return model(prompt, logits_to_keep=1)
+            except TypeError:  # an older transformers
+                return model(prompt)
+
+        prefill()
+        model.generate(short, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        for _ in range(reps):
+            _sync(device)
+            t = time.perf_counter()
+            prefill()
+            _sync(device)
+            pp.append(n_prompt / (time.perf_counter() - t))
+            t = time.perf_counter()
+            model.generate(short, max_new_tokens=n_gen, min_new_tokens=n_gen, do_sample=False)
+            _sync(device)
+            gen.append(n_gen / (time.perf_counter() - t))
+            out = model(short, use_cache=True)
+            tok = out.logits[:, -1:].argmax(-1)
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(n_gen):
+                out = model(tok, past_key_values=out.past_key_values, use_cache=True)
+                tok = out.logits[:, -1:].argmax(-1)
+            _sync(device)
+            loop.append(n_gen / (time.perf_counter() - t))
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return {"transformers": transformers.__version__, "pp": statistics.median(pp), "generate": statistics.median(gen),
+            "loop": statistics.median(loop), "pp_all": pp, "generate_all": gen, "loop_all": loop}
+
+
+def profile(path: Path, device: str, n_prompt: int, out: Path) -> dict:
+    """torch profiler tables of one prompt and of 8 decode steps without graphs (op by op), and the
+    GPU's busy time per decode step, with and without graphs, against the wall time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    from ggq.format import GGQReader
+    from ggq.models import build_model
+    from ggq.torch_backend import Offload
+    from ggq.torch_backend.ops import TorchOps
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    sort = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    res, text = {}, []
+    for graphs in (False, True):
+        ops = TorchOps(device, graphs=graphs) if device.startswith("cuda") else TorchOps(device)
+        reader = GGQReader(path)
+        model = build_model(reader, n_ctx=n_prompt + 64, offload=Offload(999, ops))
+        prompt = np.random.default_rng(2).integers(0, model.vocab_size, size=n_prompt)
+        model.forward(prompt, 0)
+        for i in range(3):
+            model.forward([5], n_prompt + i)
+        _sync(device)
+        if not graphs:
+            with tprofile(activities=acts) as prof:
+                model.forward(prompt, 0)
+                _sync(device)
+            text.append(f"## one {n_prompt}-token prompt\n\n" + prof.key_averages().table(sort_by=sort, row_limit=20))
+        steps = 8
+        with tprofile(activities=acts) as prof:
+            t = time.perf_counter()
+            for i in range(steps):
+                model.forward([5], n_prompt + 3 + i)
+            _sync(device)
+            wall = (time.perf_counter() - t) / steps
+        busy = sum(getattr(e, "self_device_time_total", 0.0) for e in prof.key_averages()) / steps / 1e3
+        name = "graphs" if graphs else "op by op"
+        res[name] = {"wall_ms": wall * 1e3, "gpu_busy_ms": busy}
+        text.append(f"## {steps} decode steps, {name}: wall {wall * 1e3:.3f} ms/step (under the profiler), "
+                    f"GPU busy {busy:.3f} ms/step\n\n" + prof.key_averages().table(sort_by=sort, row_limit=25))
+        del model
+        reader.close()
+    out.write_text("\n\n".join(text) + "\n")
+    return res
 
 
 def main(argv=None) -> int:
@@ -140,11 +249,15 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-transformers", action="store_true", help="skip transformers' figures")
+    ap.add_argument("--sweep", default="smollm2-q4_k_m", help="model run with -ngl 0, half and all ('' for none)")
+    ap.add_argument("--profile", default="smollm2-q4_k_m", help="model to profile ('' for none)")
+    ap.add_argument("--profile-out", default="gpu_profile.txt")
     ap.add_argument("--dir", default=None, help="where to write the models (default: a temporary folder)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     names = [m.strip() for m in a.models.split(",") if m.strip()]
-    for n in names:
+    for n in names + [x for x in (a.sweep, a.profile) if x]:
         if n not in MODELS:
             ap.error(f"unknown model {n!r} (known: {', '.join(MODELS)})")
     import torch
@@ -157,35 +270,116 @@ def main(argv=None) -> int:
     if cuda:
         variants["no graphs"] = {"graphs": False}
         variants["no triton (tile decode)"] = {"triton": None}
-    results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "models": {}}
+    results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+               "models": {}, "transformers": {}, "sweep": {}, "profile": {}}
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    def save():
+        if a.json:
+            Path(a.json).write_text(json.dumps(results, indent=1))
+
+    def stage(what, fn):
+        """One measurement; a failure is logged and recorded, and the rest still runs."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - a benchmark reports and goes on
+            log(f"{what}: FAILED: {type(e).__name__}: {e}")
+            results.setdefault("failures", []).append(f"{what}: {type(e).__name__}: {e}")
+            return None
+
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(a.dir or tmp)
         base.mkdir(parents=True, exist_ok=True)
+        paths = {}
+
+        def model_path(name):
+            if name not in paths:
+                t = time.perf_counter()
+                paths[name] = build(base / f"{name}.ggq", *MODELS[name])
+                log(f"{name}: built in {time.perf_counter() - t:.1f} s")
+            return paths[name]
+
         for name in names:
-            t = time.perf_counter()
-            path = build(base / f"{name}.ggq", *MODELS[name])
-            built = time.perf_counter() - t
-            res = {"build_s": built}
+            path = stage(f"{name} build", lambda: model_path(name))
+            if path is None:
+                continue
+            res = results["models"][name] = {}
             for vname, kw in variants.items():
                 gen = a.gen if vname == "graphs+triton" else min(a.gen, 32)
-                res[vname] = measure(path, a.device, a.prompt, gen, a.reps, **kw)
-                print(f"{name} [{vname}]: pp{a.prompt} {res[vname]['pp']:.1f} t/s, tg {res[vname]['tg']:.1f} t/s",
-                      file=sys.stderr, flush=True)
-            results["models"][name] = res
+                r = stage(f"{name} [{vname}]", lambda: measure(path, a.device, a.prompt, gen, a.reps, **kw))
+                if r is not None:
+                    res[vname] = r
+                    log(f"{name} [{vname}]: pp{a.prompt} {r['pp']:.1f} t/s, tg {r['tg']:.1f} t/s")
+            shape = MODELS[name][:6]
+            key = "x".join(map(str, shape))
+            if not a.no_transformers and key not in results["transformers"]:
+                r = stage(f"transformers {key}", lambda: measure_transformers(MODELS[name], a.device, a.prompt,
+                                                                             a.gen, a.reps))
+                if r is not None:
+                    results["transformers"][key] = r
+                    log(f"transformers {key}: pp{a.prompt} {r['pp']:.1f} t/s, generate {r['generate']:.1f} t/s, "
+                        f"loop {r['loop']:.1f} t/s")
+            save()
+        if a.sweep:
+            path = stage(f"{a.sweep} build", lambda: model_path(a.sweep))
+            n_layers = MODELS[a.sweep][1]
+            for ngl in ((0, n_layers // 2, 999) if path else ()):
+                r = stage(f"{a.sweep} -ngl {ngl}", lambda: measure(path, a.device, a.prompt, min(a.gen, 64), a.reps, ngl))
+                if r is not None:
+                    results["sweep"][str(ngl)] = r
+                    log(f"{a.sweep} -ngl {ngl}: pp{a.prompt} {r['pp']:.1f} t/s, tg {r['tg']:.1f} t/s")
+                save()
+        if a.profile:
+            path = stage(f"{a.profile} build", lambda: model_path(a.profile))
+            r = path and stage(f"profile {a.profile}", lambda: profile(path, a.device, a.prompt, Path(a.profile_out)))
+            if r:
+                results["profile"] = {"model": a.profile, **r}
+            save()
+
     print(f"\n{results['device']}, torch {results['torch']}, every layer and the output offloaded (-ngl 999)\n")
     print(f"| model | file MiB | weights on device MiB | peak MiB | pp{a.prompt} t/s | tg t/s | "
           "tg without graphs | tg without Triton |")
     print("|---|--:|--:|--:|--:|--:|--:|--:|")
     for name, res in results["models"].items():
-        m = res["graphs+triton"]
+        m = res.get("graphs+triton")
+        if m is None:
+            continue
         ng = res.get("no graphs", {}).get("tg")
         nt = res.get("no triton (tile decode)", {}).get("tg")
         print(f"| {name} | {m['file_mib']:.1f} | {m['weights_mib']:.1f} | {m.get('peak_mib', float('nan')):.1f} | "
               f"{m['pp']:.1f} | {m['tg']:.1f} | {'' if ng is None else f'{ng:.1f}'} | "
               f"{'' if nt is None else f'{nt:.1f}'} |")
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1))
-    return 0
+    if results["transformers"]:
+        v = next(iter(results["transformers"].values()))["transformers"]
+        print(f"\nAgainst transformers {v} (float16, same shapes, random weights), same run:\n")
+        print(f"| model | ggq pp{a.prompt} | transformers pp{a.prompt} | ratio | ggq tg | transformers generate() | "
+              "transformers cache loop |")
+        print("|---|--:|--:|--:|--:|--:|--:|")
+        for name, res in results["models"].items():
+            m = res.get("graphs+triton")
+            h = results["transformers"].get("x".join(map(str, MODELS[name][:6])))
+            if m is None or h is None:
+                continue
+            print(f"| {name} | {m['pp']:.0f} | {h['pp']:.0f} | {m['pp'] / h['pp']:.2f}x | {m['tg']:.1f} | "
+                  f"{h['generate']:.1f} | {h['loop']:.1f} |")
+    if results["sweep"]:
+        print(f"\n{a.sweep}, layers on the GPU (-ngl; 0 is the CPU engine alone):\n")
+        print(f"| -ngl | pp{a.prompt} t/s | tg t/s | peak GPU MiB |")
+        print("|--:|--:|--:|--:|")
+        for ngl, r in results["sweep"].items():
+            print(f"| {ngl} | {r['pp']:.1f} | {r['tg']:.1f} | {r.get('peak_mib', 0.0):.1f} |")
+    if results["profile"]:
+        p = results["profile"]
+        print(f"\nprofile of {p['model']} decode (ms per step, under the profiler; tables in {a.profile_out}):")
+        for k in ("op by op", "graphs"):
+            if k in p:
+                print(f"- {k}: wall {p[k]['wall_ms']:.3f}, GPU busy {p[k]['gpu_busy_ms']:.3f}")
+    if results.get("failures"):
+        print("\nFAILED: " + "; ".join(results["failures"]))
+    save()
+    return 1 if results.get("failures") else 0
 
 
 if __name__ == "__main__":

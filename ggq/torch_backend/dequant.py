@@ -18,6 +18,17 @@ from ..quants import get_type
 from ..quants.iquants import KVALUES_IQ4NL
 
 QK_K = 256
+_CONSTANTS: dict = {}
+
+
+def _constant(values, dtype, device) -> torch.Tensor:
+    """A small constant tensor on device, made once: a host-to-device copy per call would cost a
+    transfer each time and is not allowed while a CUDA graph is being captured."""
+    key = (values, dtype, str(device))
+    t = _CONSTANTS.get(key)
+    if t is None:
+        t = _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device)
+    return t
 
 
 def _f16(b: torch.Tensor) -> torch.Tensor:
@@ -35,7 +46,7 @@ def _nibbles(qs: torch.Tensor, half: int) -> torch.Tensor:
     """Bytes (n, k*half) whose low nibbles hold elements 0..half-1 of each group of 2*half and
     whose high nibbles hold the next half -> (n, k*2*half) uint8 in element order."""
     n = qs.shape[0]
-    q = qs.reshape(n, -1, 1, half) >> torch.tensor([0, 4], dtype=torch.uint8, device=qs.device).reshape(1, 1, 2, 1)
+    q = qs.reshape(n, -1, 1, half) >> _constant((0, 4), torch.uint8, qs.device).reshape(1, 1, 2, 1)
     return (q & 0x0F).reshape(n, -1)
 
 
@@ -140,7 +151,7 @@ def _q6_k(b):
 
 def _kvalues(q: torch.Tensor) -> torch.Tensor:
     """IQ4 codes (uint8) -> their table values, float32."""
-    table = torch.tensor(KVALUES_IQ4NL.tolist(), dtype=torch.float32, device=q.device)
+    table = _constant(tuple(KVALUES_IQ4NL.tolist()), torch.float32, q.device)
     return table[q.long()]
 
 

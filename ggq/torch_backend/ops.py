@@ -24,7 +24,9 @@ from ..errors import ModelError
 from ..models.base import KVCache, Rope, Step, window_start
 from .dequant import dequantize_rows, supported
 
-TILE_ELEMENTS = 1 << 22  # floats per dequantized tile (16 MiB of float32)
+# elements per dequantized tile: 16 MiB of float32 on the CPU; on CUDA fewer, larger launches
+TILE_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 24}
+PROMPT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class TorchMatrix:
@@ -39,7 +41,7 @@ class TorchMatrix:
         self.raw = raw      # the host bytes (file view) it came from, for tools
         self.data = data
         self.ops = ops
-        self._tile_rows = max(1, min(self.rows, TILE_ELEMENTS // max(self.cols, 1)))
+        self._tile_rows = max(1, min(self.rows, ops.tile_elements // max(self.cols, 1)))
 
     @classmethod
     def upload(cls, ops: "TorchOps", m) -> "TorchMatrix":
@@ -49,20 +51,23 @@ class TorchMatrix:
         data = torch.from_numpy(np.array(m.raw, dtype=np.uint8, copy=True)).to(ops.device)
         return cls(ops, m.name, m.qtype, m.rows, m.cols, data, raw=m.raw)
 
-    def dequantize(self, r0: int = 0, r1: int | None = None) -> torch.Tensor:
-        """float32 rows r0..r1 (tests and tools)."""
+    def dequantize(self, r0: int = 0, r1: int | None = None, dtype=torch.float32) -> torch.Tensor:
+        """Rows r0..r1 as dtype (float32: the exact values)."""
         r1 = self.rows if r1 is None else r1
-        return dequantize_rows(self.qtype.name.upper(), self.data[r0:r1], self.cols)
+        return dequantize_rows(self.qtype.name.upper(), self.data[r0:r1], self.cols, dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] == 1 and self.ops.triton is not None and self.ops.triton.supported(self.qtype.name.upper()):
             return self.ops.triton.matvec(self.qtype.name.upper(), self.data, x, self.cols)
+        # batches: tiles decoded to the prompt dtype (float16 on CUDA: the tensor cores), x likewise
+        dt = self.ops.prompt_dtype if x.shape[0] > 1 else torch.float32
+        xt = x.to(dt)
         if self._tile_rows >= self.rows:
-            return x @ self.dequantize().T
+            return (xt @ self.dequantize(dtype=dt).T).float()
         out = torch.empty((x.shape[0], self.rows), dtype=torch.float32, device=x.device)
         for r0 in range(0, self.rows, self._tile_rows):
             r1 = min(self.rows, r0 + self._tile_rows)
-            out[:, r0:r1] = x @ self.dequantize(r0, r1).T
+            out[:, r0:r1] = xt @ self.dequantize(r0, r1, dt).T
         return out
 
 
@@ -116,13 +121,22 @@ class TorchOps:
 
     static: one-token steps by the static code (default: on CUDA); graphs: capture them in a
     CUDA graph (default: on CUDA); triton: the module of the Triton matvec kernels, or None
-    (default: triton_mv on CUDA where triton imports; the tile path otherwise)."""
+    (default: triton_mv on CUDA where triton imports; the tile path otherwise); prompt_dtype:
+    what batches multiply in, "float32", "float16" or "bfloat16" (default: float16 on CUDA, as
+    llama.cpp's CUDA prompt path; float32 elsewhere). One-token steps are always float32."""
     is_cpu = False
 
-    def __init__(self, device="cpu", static: bool | None = None, graphs: bool | None = None, triton=...):
+    def __init__(self, device="cpu", static: bool | None = None, graphs: bool | None = None, triton=...,
+                 prompt_dtype: str | None = None):
         self.device = torch.device(device)
-        self.name = f"torch:{self.device}"
         cuda = self.device.type == "cuda"
+        pd = prompt_dtype or ("float16" if cuda else "float32")
+        if pd not in PROMPT_DTYPES:
+            raise ValueError(f"prompt_dtype must be one of {', '.join(PROMPT_DTYPES)} (got {prompt_dtype!r})")
+        self.prompt_dtype = PROMPT_DTYPES[pd]
+        self.name = f"torch:{self.device}"
+        self.description = f"torch on {self.device}, prompt matmuls in {pd}"
+        self.tile_elements = TILE_ELEMENTS["cuda" if cuda else "cpu"]
         self.static = cuda if static is None else bool(static)
         self.graphs = (cuda and self.static) if graphs is None else bool(graphs)
         if self.graphs and not (cuda and self.static):
@@ -209,31 +223,33 @@ class TorchOps:
             for L in layers:
                 h = layer(L, x, h, step)
             return h
-        pos = torch.tensor([step.start], dtype=torch.long, device=self.device)
         if not self.graphs:
+            pos = torch.empty(1, dtype=torch.long, device=self.device)
+            pos.fill_(step.start)  # a fill kernel with the position as its argument: no host copy
             sstep = StaticStep(pos)
             for L in layers:
                 h = layer(L, x, h, sstep)
             return h
-        return self._replay(layer, layers, x, h, pos)
+        return self._replay(layer, layers, x, h, step.start)
 
-    def _replay(self, layer, layers, x, h, pos):
+    def _replay(self, layer, layers, x, h, start: int):
         key = (layer.__func__ if hasattr(layer, "__func__") else layer, tuple(id(L) for L in layers))
         g = self._graphs.get(key)
         if g is None:
-            g = self._graphs[key] = self._capture(layer, layers, x, h, pos)
+            g = self._graphs[key] = self._capture(layer, layers, x, h, start)
         graph, sx, sh, out, spos = g
         sx.copy_(x)
         sh.copy_(h)
-        spos.copy_(pos)
+        spos.fill_(start)
         graph.replay()
         x.copy_(sx)
         return out.clone()
 
-    def _capture(self, layer, layers, x, h, pos):
+    def _capture(self, layer, layers, x, h, start: int):
         """A CUDA graph of the run for static steps. Warm-up runs on a side stream first (Triton
         compiles, cuBLAS picks its kernels); each writes this step's K/V, the same values."""
-        sx, sh, spos = x.clone(), h.clone(), pos.clone()
+        sx, sh = x.clone(), h.clone()
+        spos = torch.full((1,), start, dtype=torch.long, device=self.device)
         sstep = StaticStep(spos)
 
         def run():
@@ -249,6 +265,9 @@ class TorchOps:
                 sx.copy_(x)
                 run()
         torch.cuda.current_stream(self.device).wait_stream(side)
+        # the warm-up memoised rope rows and masks for its position: the graph must compute them
+        # from spos itself, or every replay would reuse the warm-up's
+        sstep.memo.clear()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = run()

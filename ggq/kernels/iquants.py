@@ -24,7 +24,7 @@ from numba import njit, prange
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..quants.iquants import KVALUES_IQ4NL
+from ..quants.iquants import KVALUES_IQ4NL, iq4xs_sub_scale
 from .common import HAS_VNNI, NR, PREFETCH, QK, _RowsIR, _f16_ir, _rows_signature, act8, f16, put_rows
 
 _KV = KVALUES_IQ4NL.astype(np.float32)
@@ -120,7 +120,7 @@ def _iq4_rows_intrinsic(kind, vnni, pshufb=HAS_PSHUFB):
                     ls = builder.or_(builder.and_(builder.lshr(sl, ir.Constant(i32, 4 * (ib % 2))), ir.Constant(i32, 15)),
                                      builder.shl(builder.and_(builder.lshr(sh, ir.Constant(i32, 2 * ib)),
                                                               ir.Constant(i32, 3)), ir.Constant(i32, 4)))
-                    sc = builder.sub(ls, ir.Constant(i32, 32))
+                    sc = builder.sub(ls, ir.Constant(i32, 32))  # quants.iquants.iq4xs_sub_scale, in IR
                     dot = builder.mul(block_dot(builder.add(o, k(8 + 16 * ib)), c), splat(sc, 8))
                     xdc = builder.load(builder.gep(xdp, [c]))
                     t = builder.fmul(builder.sitofp(dot, v8f), splat(xdc, 8), flags=contract)
@@ -211,8 +211,7 @@ def dequant_iq4_xs(w, r0, r1, out):
             d = f16(w[r, o], w[r, o + 1])
             sh = np.int32(w[r, o + 2]) | (np.int32(w[r, o + 3]) << 8)
             for ib in range(8):
-                ls = ((np.int32(w[r, o + 4 + ib // 2]) >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4)
-                dl = d * np.float32(ls - 32)
+                dl = d * np.float32(iq4xs_sub_scale(np.int32(w[r, o + 4 + ib // 2]), sh, ib))
                 for l in range(16):
                     v = w[r, o + 8 + 16 * ib + l]
                     out[i, s * 256 + 32 * ib + l] = dl * _KV[v & 15]

@@ -232,6 +232,14 @@ def _sub_scale(x, bo, w, wo, Laux):
     return d
 
 
+@njit(inline="always")
+def iq4xs_sub_scale(scales_l_byte, scales_h, ib):
+    """IQ4_XS sub-block ib's scale multiplier ls - 32 (ls: the 6-bit code, low 4 bits in
+    scales_l[ib // 2] at nibble ib % 2, high 2 bits in scales_h at bits 2*ib); the sub-block's
+    scale is d * (ls - 32). The one decode of the layout: quantizer check, dequantizers, kernels."""
+    return (((scales_l_byte >> (4 * (ib % 2))) & 15) | (((scales_h >> (2 * ib)) & 3) << 4)) - 32
+
+
 @njit(cache=True)
 def _decoded_err(x, xo, n, w, y, yo):
     """Weighted squared error of the block at y[yo:] (IQ4_NL if n == 32, else IQ4_XS) against x."""
@@ -246,8 +254,7 @@ def _decoded_err(x, xo, n, w, y, yo):
         return err
     sh = np.int64(y[yo + 2]) | (np.int64(y[yo + 3]) << 8)
     for ib in range(n // QK4_NL):
-        ls = ((np.int64(y[yo + 4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
-        dl = d * np.float32(ls - 32)
+        dl = d * np.float32(iq4xs_sub_scale(np.int64(y[yo + 4 + ib // 2]), sh, ib))
         for j in range(16):
             c = np.int64(y[yo + 8 + 16 * ib + j])
             e0 = x[xo + 32 * ib + j] - dl * _KV[c & 0xF]
@@ -397,8 +404,7 @@ def dequant_block_iq4_xs(b, bo, y, yo):
     d = _f16_to_f32(np.int64(b[bo]) | (np.int64(b[bo + 1]) << 8))
     sh = np.int64(b[bo + 2]) | (np.int64(b[bo + 3]) << 8)
     for ib in range(8):
-        ls = ((np.int64(b[bo + 4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
-        dl = d * np.float32(ls - 32)
+        dl = d * np.float32(iq4xs_sub_scale(np.int64(b[bo + 4 + ib // 2]), sh, ib))
         for j in range(16):
             c = np.int64(b[bo + 8 + 16 * ib + j])
             y[yo + 32 * ib + j] = dl * _KV[c & 0xF]

@@ -17,18 +17,21 @@ def _log(msg: str) -> None:
 
 
 def _load(model, ctx, threads, no_mmap=False, then=None, n_gpu_layers=0, device=None):
-    """ggq.load, then then(model) if given, then Numba's CPU target initialised (rather than in
-    the first kernel call: meanwhile a big tokenizer still builds in its thread). n_gpu_layers,
-    device: -ngl and --device (ggq.cli._gpu)."""
+    """ggq.load, then Numba ready for kernels (jit_cache.numba_ready: rather than in the first
+    kernel call), then then(model) if given. n_gpu_layers, device: -ngl and --device
+    (ggq.cli._gpu). then() comes last because it may start a thread that loads kernels: before
+    numba_ready(fast_cache_loads=True), that thread's first load would refresh Numba's whole
+    target context (0.1-0.4 s of imports under Numba's compiler lock, which the prompt's
+    kernels then wait for)."""
     from ..api import load
     from ..jit_cache import numba_ready, numba_without_scipy
 
     with numba_without_scipy():  # this process is ours: spare Numba's SciPy imports
         m = load(model, n_ctx=ctx, threads=threads, log=_log, use_mmap=not no_mmap, n_gpu_layers=n_gpu_layers,
                  device=device)
+        numba_ready(fast_cache_loads=True)
         if then is not None:
             then(m)
-        numba_ready(fast_cache_loads=True)
     return m
 
 

@@ -18,8 +18,8 @@ python -m pip install -q --no-deps --no-index --find-links .device/wheels gguf 2
   nproc; } 2>&1 | tee "$OUT/gpu.txt"
 # the CUDA tests (and the CPU checks they lean on), tiny random models
 timeout "$T_TESTS" python -m pytest -q -p no:cacheprovider tests/test_torch_backend.py -m "not smollm2" \
-  -k "(cuda or graphs or triton) and not interpreter" -rs 2>&1 | tail -40 > "$OUT/gpu_tests.txt"
-tail -15 "$OUT/gpu_tests.txt"
+  -k "(cuda or graphs or triton) and not interpreter" -rs > "$OUT/gpu_tests.txt" 2>&1
+grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.txt" | tail -30
 timeout "$T_BENCH" python tools/gpu_bench.py --json "$OUT/gpu_bench.json" --profile-out "$OUT/gpu_profile.txt" \
   > "$OUT/gpu_bench.md" 2> "$OUT/gpu_bench.log"
 echo "gpu_bench exit $?"

@@ -52,9 +52,14 @@ class TorchMatrix:
         return cls(ops, m.name, m.qtype, m.rows, m.cols, data, raw=m.raw)
 
     def dequantize(self, r0: int = 0, r1: int | None = None, dtype=torch.float32) -> torch.Tensor:
-        """Rows r0..r1 as dtype (float32: the exact values)."""
+        """Rows r0..r1 as dtype (float32: the exact values; through the Triton decode where the
+        backend has it: one launch, where the torch ops take a dozen)."""
         r1 = self.rows if r1 is None else r1
-        return dequantize_rows(self.qtype.name.upper(), self.data[r0:r1], self.cols, dtype)
+        name = self.qtype.name.upper()
+        tri = self.ops.triton
+        if tri is not None and tri.supported(name):
+            return tri.dequantize(name, self.data[r0:r1], self.cols, dtype)
+        return dequantize_rows(name, self.data[r0:r1], self.cols, dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] == 1 and self.ops.triton is not None and self.ops.triton.supported(self.qtype.name.upper()):
@@ -127,7 +132,7 @@ class TorchOps:
     is_cpu = False
 
     def __init__(self, device="cpu", static: bool | None = None, graphs: bool | None = None, triton=...,
-                 prompt_dtype: str | None = None):
+                 prompt_dtype: str | None = None, fused=...):
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         pd = prompt_dtype or ("float16" if cuda else "float32")
@@ -148,7 +153,12 @@ class TorchOps:
                     from . import triton_mv as triton
                 except ImportError:  # a torch build without triton: the tile path
                     triton = None
+        if fused is ...:
+            fused = None
+            if triton is not None:
+                from . import triton_fused as fused
         self.triton = triton
+        self.fused = fused  # ggq.torch_backend.triton_fused (norms, activations, one-token attention) or None
         self._tables = {}  # id(Rope) -> (cos, sin) on the device
         self._graphs = {}  # run of layers -> (graph, static x, static h in, h out, pos)
 
@@ -182,13 +192,16 @@ class TorchOps:
     def to_numpy(self, x) -> np.ndarray:
         return x.detach().to("cpu", torch.float32).numpy()
 
-    # -- element-wise ----------------------------------------------------------------------------
-    @staticmethod
-    def rmsnorm(x, w, eps):
+    # -- element-wise (one fused Triton kernel each where self.fused is set) ------------------------
+    def rmsnorm(self, x, w, eps):
+        if self.fused is not None and x.is_contiguous():
+            return self.fused.rmsnorm(x.reshape(-1, x.shape[-1]), w, eps).reshape(x.shape)
         return w * (x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + eps))
 
     def add_rmsnorm(self, x, y, w, eps, y_norm=None):
         """x += y in place (y first normed with y_norm: Gemma's post-norms); returns rmsnorm(x, w)."""
+        if self.fused is not None and x.is_contiguous():
+            return self.fused.add_rmsnorm(x, y, w, eps, y_norm)
         if y_norm is not None:
             y = self.rmsnorm(y, y_norm, eps)
         x += y
@@ -196,14 +209,16 @@ class TorchOps:
 
     def head_rmsnorm(self, y, w, eps, head_dim):
         n = y.shape[0]
-        return self.rmsnorm(y.reshape(n, -1, head_dim), w, eps).reshape(n, -1)
+        return self.rmsnorm(y.contiguous().reshape(n, -1, head_dim), w, eps).reshape(n, -1)
 
-    @staticmethod
-    def silu_mul(g, u):
+    def silu_mul(self, g, u):
+        if self.fused is not None:
+            return self.fused.act_mul(g, u, gelu=False)
         return F.silu(g) * u
 
-    @staticmethod
-    def gelu_tanh_mul(g, u):
+    def gelu_tanh_mul(self, g, u):
+        if self.fused is not None:
+            return self.fused.act_mul(g, u, gelu=True)
         return F.gelu(g, approximate="tanh") * u
 
     # -- attention -------------------------------------------------------------------------------
@@ -327,6 +342,10 @@ class TorchOps:
         of group * n queries (no copy of the cache per head)."""
         nh, nkv, hd = kv.n_heads, kv.n_kv_heads, kv.head_dim
         n, group = step.n, nh // nkv
+        if isinstance(step, StaticStep) and self.fused is not None and self.fused.attention_fits(hd):
+            cos, sin, _ = self._table(rope)  # two kernels: rope + cache write, attention
+            q = self.fused.rope_store(q, k, v, step.pos, cos, sin, kv.k, kv.v, nh, nkv, hd)
+            return self.fused.attend_one(q, kv.k, kv.v, step.pos, scale, window, nh)
         cos, sin = self._rope(rope, step)
         q = _rotate(q.reshape(n, nh, hd), cos, sin)
         k = _rotate(k.reshape(n, nkv, hd), cos, sin).transpose(0, 1)

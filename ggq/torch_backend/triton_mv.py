@@ -1,4 +1,5 @@
-"""Triton matrix-vector kernels that decode GGML blocks inside the product (one-token steps on CUDA).
+"""Triton kernels that decode GGML blocks: the matrix-vector product of one-token steps on CUDA,
+and the tile decode of prompt products (dequantize).
 
 y = W x for W uint8 (rows, row_bytes) as stored and x float32 (cols,): each program takes
 ROWS rows and walks the row in tiles of TILE elements; every element's code and its block's
@@ -135,6 +136,136 @@ def _matvec(w, x, y, rows, cols, row_bytes, KIND: tl.constexpr, BS: tl.constexpr
     tl.store(y + rr, out, mask=rr < rows)
 
 
+# Block-structured products for the types that carry most weights (q4_k_m, q8_0 and their
+# fallbacks): codes are dotted with x per sub-block and each sub-block's scale applied once,
+# instead of decoding every element with its scales (a few instructions per weight, not forty).
+
+@triton.jit
+def _mv_q8_0(w, x, y, rows, nb, row_bytes, R: tl.constexpr, NB: tl.constexpr):
+    """Q8_0: d, 32 int8 per 34-byte block; NB blocks of R rows per iteration."""
+    r = tl.minimum(tl.program_id(0) * R + tl.arange(0, R), rows - 1).to(tl.int64)
+    i = tl.arange(0, 32)
+    acc = tl.zeros((R,), dtype=tl.float32)
+    for b0 in range(0, nb, NB):
+        b = b0 + tl.arange(0, NB)
+        inb = b < nb
+        bb = tl.where(inb, b, 0)
+        base = w + r[:, None] * row_bytes + (bb * 34)[None, :]                          # (R, NB)
+        q = tl.load(base[:, :, None] + 2 + i[None, None, :]).to(tl.int8, bitcast=True).to(tl.float32)
+        xv = tl.load(x + bb[:, None] * 32 + i[None, :], mask=inb[:, None], other=0.0)  # (NB, 32)
+        dot = tl.sum(q * xv[None, :, :], axis=2)
+        acc += tl.sum(tl.where(inb[None, :], _f16(base, 0) * dot, 0.0), axis=1)
+    rr = tl.program_id(0) * R + tl.arange(0, R)
+    tl.store(y + rr, acc, mask=rr < rows)
+
+
+@triton.jit
+def _mv_q5_0(w, x, y, rows, nb, row_bytes, R: tl.constexpr, NB: tl.constexpr):
+    """Q5_0: d, qh (u32: bit i is element i's fifth bit), 16 bytes of nibbles per 22-byte block."""
+    r = tl.minimum(tl.program_id(0) * R + tl.arange(0, R), rows - 1).to(tl.int64)
+    i = tl.arange(0, 32)
+    acc = tl.zeros((R,), dtype=tl.float32)
+    for b0 in range(0, nb, NB):
+        b = b0 + tl.arange(0, NB)
+        inb = b < nb
+        bb = tl.where(inb, b, 0)
+        base = w + r[:, None] * row_bytes + (bb * 22)[None, :]
+        e = base[:, :, None]
+        q = ((_u8(e, 6 + i[None, None, :] % 16) >> (4 * (i[None, None, :] // 16))) & 15) \
+            | (((_u8(e, 2 + i[None, None, :] // 8) >> (i[None, None, :] % 8)) & 1) << 4)
+        xv = tl.load(x + bb[:, None] * 32 + i[None, :], mask=inb[:, None], other=0.0)
+        dot = tl.sum((q - 16).to(tl.float32) * xv[None, :, :], axis=2)
+        acc += tl.sum(tl.where(inb[None, :], _f16(base, 0) * dot, 0.0), axis=1)
+    rr = tl.program_id(0) * R + tl.arange(0, R)
+    tl.store(y + rr, acc, mask=rr < rows)
+
+
+@triton.jit
+def _k4_scale_min(base, s):
+    """Q4_K/Q5_K 6-bit scale and min of sub-blocks s (a tensor) of the blocks at base."""
+    lo4 = s < 4
+    a = _u8(base, 4 + s % 4)
+    b = _u8(base, 8 + s % 4)
+    c = _u8(base, 12 + s % 4)
+    sc = tl.where(lo4, a & 63, (c & 15) | ((a >> 6) << 4))
+    mn = tl.where(lo4, b & 63, (c >> 4) | ((b >> 6) << 4))
+    return sc.to(tl.float32), mn.to(tl.float32)
+
+
+@triton.jit
+def _mv_q4_k(w, x, y, rows, nsb, row_bytes, R: tl.constexpr):
+    """Q4_K: per 144-byte super-block d, dmin, 12 bytes of scales/mins, 128 bytes of nibbles:
+    byte c*32 + i holds element c*64 + i (low nibble, sub-block 2c) and c*64 + 32 + i (high, 2c+1)."""
+    r = tl.minimum(tl.program_id(0) * R + tl.arange(0, R), rows - 1).to(tl.int64)
+    c4 = tl.arange(0, 4)
+    i = tl.arange(0, 32)
+    acc = tl.zeros((R,), dtype=tl.float32)
+    for sb in range(0, nsb):
+        base = w + r * row_bytes + sb * 144                                               # (R,)
+        qb = _u8(base[:, None, None], 16 + c4[None, :, None] * 32 + i[None, None, :])     # (R, 4, 32)
+        xo = sb * 256 + c4[:, None] * 64 + i[None, :]
+        xl = tl.load(x + xo)
+        xh = tl.load(x + xo + 32)
+        dlo = tl.sum((qb & 15).to(tl.float32) * xl[None, :, :], axis=2)                   # (R, 4)
+        dhi = tl.sum((qb >> 4).to(tl.float32) * xh[None, :, :], axis=2)
+        sc_e, mn_e = _k4_scale_min(base[:, None], 2 * c4[None, :])
+        sc_o, mn_o = _k4_scale_min(base[:, None], 2 * c4[None, :] + 1)
+        sums = tl.sum(sc_e * dlo + sc_o * dhi, axis=1)
+        mins = tl.sum(mn_e * tl.sum(xl, axis=1)[None, :] + mn_o * tl.sum(xh, axis=1)[None, :], axis=1)
+        acc += _f16(base, 0) * sums - _f16(base, 2) * mins
+    rr = tl.program_id(0) * R + tl.arange(0, R)
+    tl.store(y + rr, acc, mask=rr < rows)
+
+
+@triton.jit
+def _mv_q6_k(w, x, y, rows, nsb, row_bytes, R: tl.constexpr):
+    """Q6_K: per 210-byte super-block ql[128], qh[64], 16 int8 scales, d. Element 16 g + i of
+    group g (one scale each): half h = g // 8, quarter q = (g % 8) // 2, position p = (g % 2) 16 + i;
+    low bits in ql[64 h + 32 (q % 2) + p] >> 4 (q // 2), high in qh[32 h + p] >> 2 q."""
+    r = tl.minimum(tl.program_id(0) * R + tl.arange(0, R), rows - 1).to(tl.int64)
+    g = tl.arange(0, 16)
+    i16 = tl.arange(0, 16)
+    h = g // 8
+    qq = (g % 8) // 2
+    p = (g % 2)[:, None] * 16 + i16[None, :]                                               # (16, 16)
+    lo_at = (h * 64 + (qq % 2) * 32)[:, None] + p
+    hi_at = 128 + (h * 32)[:, None] + p
+    lo_sh = (4 * (qq // 2))[:, None]
+    hi_sh = (2 * qq)[:, None]
+    acc = tl.zeros((R,), dtype=tl.float32)
+    for sb in range(0, nsb):
+        base = w + r * row_bytes + sb * 210
+        e = base[:, None, None]
+        lo = (_u8(e, lo_at[None, :, :]) >> lo_sh[None, :, :]) & 15
+        hi = (_u8(e, hi_at[None, :, :]) >> hi_sh[None, :, :]) & 3
+        q = ((lo | (hi << 4)) - 32).to(tl.float32)                                          # (R, 16, 16)
+        xv = tl.load(x + sb * 256 + g[:, None] * 16 + i16[None, :])
+        dot = tl.sum(q * xv[None, :, :], axis=2)                                            # (R, 16)
+        sc = tl.load(base[:, None] + 192 + g[None, :]).to(tl.int8, bitcast=True).to(tl.float32)
+        acc += _f16(base, 208) * tl.sum(sc * dot, axis=1)
+    rr = tl.program_id(0) * R + tl.arange(0, R)
+    tl.store(y + rr, acc, mask=rr < rows)
+
+
+# type name -> (kernel, rows per program, blocks per iteration or None for one super-block)
+STRUCTURED = {"Q8_0": (_mv_q8_0, 4, 8), "Q5_0": (_mv_q5_0, 4, 8), "Q4_K": (_mv_q4_k, 4, None),
+              "Q6_K": (_mv_q6_k, 4, None)}
+
+
+@triton.jit
+def _dequant(w, out, rows, cols, row_bytes, KIND: tl.constexpr, BS: tl.constexpr, TS: tl.constexpr,
+             TILE: tl.constexpr, R: tl.constexpr):
+    """Program (i, j): rows i*R.. and columns j*TILE.. decoded into out (rows, cols)."""
+    r = tl.program_id(0) * R + tl.arange(0, R)
+    k = tl.program_id(1) * TILE + tl.arange(0, TILE)
+    keep = (r < rows)[:, None] & (k < cols)[None, :]
+    rr = tl.minimum(r, rows - 1).to(tl.int64)
+    kk = tl.where(k < cols, k, 0)
+    blk = w + rr[:, None] * row_bytes + (kk // BS * TS)[None, :]
+    v = _decode(blk, (kk % BS)[None, :] + 0 * rr[:, None].to(tl.int32), KIND)
+    tl.store(out + rr[:, None] * cols + kk[None, :], v.to(out.dtype.element_ty), mask=keep)
+
+
 def supported(name: str) -> bool:
     return name in KINDS
 
@@ -147,6 +278,26 @@ def matvec(name: str, w, x, cols: int):
     kind, bs, ts, tile = KINDS[name]
     rows = w.shape[0]
     y = torch.empty((1, rows), dtype=torch.float32, device=w.device)
+    if name in STRUCTURED:
+        kernel, r, nb = STRUCTURED[name]
+        x = x.reshape(-1).contiguous()
+        if nb is None:
+            kernel[(triton.cdiv(rows, r),)](w, x, y, rows, cols // bs, w.shape[1], R=r)
+        else:
+            kernel[(triton.cdiv(rows, r),)](w, x, y, rows, cols // bs, w.shape[1], R=r, NB=nb)
+        return y
     _matvec[(triton.cdiv(rows, ROWS),)](w, x.reshape(-1).contiguous(), y, rows, cols, w.shape[1], KIND=kind, BS=bs, TS=ts,
                                         TILE=tile, R=ROWS)
     return y
+
+
+def dequantize(name: str, w, cols: int, dtype):
+    """W uint8 (rows, row_bytes) of type name -> dtype (rows, cols), one launch (prompt tiles)."""
+    import torch
+
+    kind, bs, ts, tile = KINDS[name]
+    rows = w.shape[0]
+    out = torch.empty((rows, cols), dtype=dtype, device=w.device)
+    _dequant[(triton.cdiv(rows, 8), triton.cdiv(cols, tile))](w, out, rows, cols, w.shape[1], KIND=kind, BS=bs,
+                                                             TS=ts, TILE=tile, R=8)
+    return out

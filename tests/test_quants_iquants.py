@@ -327,6 +327,34 @@ def test_fit_presets_keep_the_budget_and_change_nothing_that_fits():
     assert bpw(lc) > 6.1 and bpw(fit) < 5.05 and bpw(_plan("q4_k_s_fit", s)) < 4.9
 
 
+def _bpw(plan, shapes):
+    tot = sum(np.prod(shapes[n]) * get_type(t).bits_per_weight for n, t in plan.items())
+    return tot / sum(np.prod(v) for v in shapes.values())
+
+
+def test_mix_presets_keep_llamacpp_size_and_change_nothing_that_fits():
+    """*_mix presets: identical to the llama.cpp preset where no tensor falls back; on SmolLM2's
+    576-wide rows a different mixture at llama.cpp's bits per weight (within 0.02), every rule's
+    type fitting its rows, and the tied embedding's rule leaving an untied token_embd alone."""
+    from ggq.convert.presets import MIX_RULES, plan_types
+    wide = {n: (sh[0], 1024) if len(sh) == 2 else (1024,) for n, sh in _smollm2_shapes().items()}
+    s = _smollm2_shapes()
+    for p in MIX_RULES:
+        assert _plan(p + "_mix", wide) == _plan(p, wide), p
+        mix, lc = _plan(p + "_mix", s), _plan(p, s)
+        assert mix != lc, p
+        assert abs(_bpw(mix, s) - _bpw(lc, s)) <= 0.02, (p, _bpw(mix, s), _bpw(lc, s))
+        for name, t in mix.items():
+            assert get_type(t).supports(s[name][-1]), (p, name, t)
+    km, lc = _plan("q4_k_m_mix", s), _plan("q4_k_m", s)
+    assert lc["token_embd.weight"] == "Q8_0" and km["token_embd.weight"] == "Q5_1"
+    assert [km[f"blk.{i}.ffn_down.weight"] for i in range(30)] == ["Q6_K"] * 30
+    assert km["blk.3.attn_output.weight"] == "Q8_0" and lc["blk.3.attn_output.weight"] == "Q5_0"
+    untied = plan_types(s, "q4_k_m_mix", n_layers=30, n_head=9, n_head_kv=3, tied=False)
+    assert untied["token_embd.weight"] == plan_types(s, "q4_k_m", n_layers=30, n_head=9, n_head_kv=3,
+                                                     tied=False)["token_embd.weight"]
+
+
 # --------------------------------------------------------------------------- end to end
 
 @pytest.mark.parametrize("preset", ["iq4_xs", "q4_k_m_fit"])

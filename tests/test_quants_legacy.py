@@ -185,6 +185,15 @@ def test_round_trip_error_bounds(name):
         assert srch < gain * ref, (dist, srch / ref)
 
 
+def _plain_search_weights(name, x64):
+    """The weights the search minimises without an imatrix: uniform for the types whose
+    NO_IMATRIX_WMODE says so (Q5_0), else sqrt(sigma2 + x^2) per row."""
+    from ggq.quants.legacy import NO_IMATRIX_WMODE
+    if NO_IMATRIX_WMODE[get_type(name).kind] == 2:
+        return np.ones_like(x64)
+    return np.sqrt((x64 ** 2).mean(1, keepdims=True) + x64 ** 2)
+
+
 def _weighted_block_err(x, y, w):
     e = w * (x.astype(np.float64) - y) ** 2
     return e.reshape(x.shape[0], -1, 32).sum(-1)
@@ -194,7 +203,8 @@ def _weighted_block_err(x, y, w):
 @pytest.mark.parametrize("dist", ["gauss", "heavy"])
 def test_search_never_worse_than_absmax_per_block(name, dist):
     """The search keeps the reference block unless it is strictly better in its own metric
-    (weights sqrt(sigma2 + x^2), times the imatrix when given)."""
+    (weights sqrt(sigma2 + x^2) times the imatrix when given; without one, the type's
+    NO_IMATRIX_WMODE weights)."""
     qt = get_type(name)
     x = _data(dist, 256, 576, seed=4)
     x64 = x.astype(np.float64)
@@ -203,7 +213,7 @@ def test_search_never_worse_than_absmax_per_block(name, dist):
     imat = rng.lognormal(0, 1, 576).astype(np.float32)
     ref_y = qt.dequantize(qt.quantize(x), 576)
     for im in (None, imat):
-        w = np.sqrt(sigma2 + x64 ** 2) * (1.0 if im is None else im.astype(np.float64))
+        w = _plain_search_weights(name, x64) if im is None else np.sqrt(sigma2 + x64 ** 2) * im.astype(np.float64)
         q = qt.quantize(x, imatrix=im, search=True)
         e_s = _weighted_block_err(x, qt.dequantize(q, 576), w)
         e_r = _weighted_block_err(x, ref_y, w)
@@ -294,12 +304,11 @@ def test_spec_worked_examples_decode():
 @pytest.mark.parametrize("name", LEGACY)
 def test_search_on_edge_rows(name):
     """Zero, constant, tiny (fp16 scale underflow) and outlier blocks: the search must not
-    crash and never does worse than the reference block (plain squared error here, via an
-    all-ones importance matrix times sqrt(sigma2 + x^2))."""
+    crash and never does worse than the reference block in its own metric."""
     qt = get_type(name)
     x = np.delete(_edge_rows(), 9, axis=0)  # drop the fp16-overflow row: reference error inf/nan
     x64 = x.astype(np.float64)
-    w = np.sqrt((x64 ** 2).mean(1, keepdims=True) + x64 ** 2)
+    w = _plain_search_weights(name, x64)
     e_s = _weighted_block_err(x, qt.dequantize(qt.quantize(x, search=True), 576), w)
     e_r = _weighted_block_err(x, qt.dequantize(qt.quantize(x), 576), w)
     assert np.all(np.isfinite(e_s))

@@ -38,6 +38,12 @@ LLAMA_FTYPE = {"q8_0": "Q8_0", "q6_k": "Q6_K", "q5_k_m": "Q5_K_M", "q5_k_s": "Q5
                "q5_0": "Q5_0", "q5_1": "Q5_1", "iq4_nl": "IQ4_NL", "iq4_xs": "IQ4_XS"}
 
 
+def llama_preset(p: str) -> str:
+    """The llama.cpp preset a ggq preset is compared with: a *_mix preset (ggq's mixture at
+    llama.cpp's size) against the llama.cpp preset of the same name."""
+    return p[:-len("_mix")] if p.endswith("_mix") else p
+
+
 def log(msg: str) -> None:
     print(f"[quality] {msg}", file=sys.stderr, flush=True)
 
@@ -118,6 +124,8 @@ def main(model, text, calib, presets, methods, ctx_size, chunks, calib_chunks, l
                 run([llama_bin / "llama-imatrix", "-m", model_gguf, "-f", calib, "-c", ctx_size, "-b", ctx_size,
                      "--chunks", calib_chunks, "-o", llama_im, "--no-ppl"] + thr, workdir / "llama-imatrix.log")
 
+    done_llama: set[str] = set()
+
     def files():  # (tool, preset, variant, path), each converted when first needed
         for p in presets:
             for m in methods:
@@ -126,14 +134,16 @@ def main(model, text, calib, presets, methods, ctx_size, chunks, calib_chunks, l
                     extra = [] if m == "none" else ["--imatrix", ggq_im, "--method", m]
                     run(ggq + ["convert", model_gguf, "-t", p, "-o", out, "--force"] + extra, workdir / f"{out.name}.log")
                 yield ("ggq", p, m, out)
-            if llama_bin is not None:
+            lp = llama_preset(p)
+            if llama_bin is not None and lp not in done_llama:
+                done_llama.add(lp)
                 for m in (["none"] + (["imatrix"] if llama_im else [])):
-                    out = workdir / f"llama.{p}.{m}.gguf"
+                    out = workdir / f"llama.{lp}.{m}.gguf"
                     if not out.exists():
                         extra = [] if m == "none" else ["--imatrix", llama_im]
-                        run([llama_bin / "llama-quantize"] + extra + [model_gguf, out, LLAMA_FTYPE[p]] + thr[1:],
+                        run([llama_bin / "llama-quantize"] + extra + [model_gguf, out, LLAMA_FTYPE[lp]] + thr[1:],
                             workdir / f"{out.name}.log")
-                    yield ("llama.cpp", p, m, out)
+                    yield ("llama.cpp", lp, m, out)
 
     # one reference, saved once
     ref_file = workdir / f"ref.c{ctx_size}.n{chunks}.{text.stem}.kldref"
@@ -179,7 +189,7 @@ def main(model, text, calib, presets, methods, ctx_size, chunks, calib_chunks, l
         for p in presets:
             for m in methods:
                 lm = "none" if m == "none" else "imatrix"
-                a, b = by.get(("ggq", p, m)), by.get(("llama.cpp", p, lm))
+                a, b = by.get(("ggq", p, m)), by.get(("llama.cpp", llama_preset(p), lm))
                 if a and b:
                     print(f"| {p} | {m} | {a['bpw']:.2f} / {b['bpw']:.2f} | {a['kld_mean']:.5f} / "
                           f"{b['kld_mean']:.5f} | {a['kld_mean'] / b['kld_mean']:.2f}x |")

@@ -21,6 +21,16 @@
   per weight, q4_k_m_fit 5.03, q4_k_s_fit 4.85. Measured on its off-grid variant (KLD against the
   float model, 8 x 512 tokens of held-out text), the 576-wide rows as IQ4_NL gave KLD 0.156,
   as Q4_0 (same 4.5 bpw) 0.177, as Q4_1 (5.0 bpw) 0.131, as llama.cpp's Q5_0 (5.5 bpw) 0.065.
+- *_mix presets ("ggq's mixture at llama.cpp's size"): identical to the llama.cpp preset of the
+  same name where no tensor falls back (every row a multiple of its type's block); where some do,
+  llama.cpp's fallbacks spend bits on the wrong matrices (SmolLM2: every 576-wide matrix gets a
+  32-element type one tier up, ffn_down stays low), and MIX re-spends about the same budget by
+  each category's measured sensitivity: attn_v / attn_output and ffn_down first, ffn_gate last,
+  IQ4_NL in place of Q4_0. Measured on SmolLM2-135M's off-grid variant (KLD against the float
+  model on development text; docs/quality.md): per category, dropping it from Q8_0 to Q5_1 cost
+  attn_v+attn_output 0.023, the tied embedding 0.017, ffn_up 0.0095, attn_q+attn_k 0.0069,
+  ffn_gate 0.0044 (ffn_down Q8_0 -> Q6_K 0.0038, -> Q5_K 0.020). The rules are that model's;
+  `convert --dry-run` prints the bits per weight they give on another.
 - `keep` (default for GGUF input) keeps every tensor's source type.
 - overrides: (fnmatch pattern, type) pairs on tensor names, later wins, then the fallback
   above. They apply to 2-D tensors only (1-D ones are F32 by contract).
@@ -45,6 +55,27 @@ PRESETS: dict[str, str] = {
 FIT = "_fit"  # suffix of the presets that keep the bit budget on rows 256 does not divide
 FIT_PRESETS = ("q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
 PRESETS.update({p + FIT: PRESETS[p] for p in FIT_PRESETS})
+MIX = "_mix"  # suffix of ggq's own mixtures at llama.cpp's size (see the module docstring)
+# preset -> rules (category, type, layers) applied over llama.cpp's mixture when some tensor of
+# that mixture falls back; layers: "all", "more" (use_more_bits) or "mid" (not the first or last
+# eighth of the layers); later rules win.
+MIX_RULES: dict[str, tuple] = {
+    "q2_k": (("attn_q", "IQ4_NL", "all"), ("attn_k", "IQ4_NL", "all"), ("attn_v", "IQ4_NL", "all"),
+             ("attn_v", "Q5_0", "more"), ("attn_output", "IQ4_NL", "all"), ("ffn_gate", "IQ4_NL", "all"),
+             ("ffn_up", "IQ4_NL", "all")),
+    "q3_k_m": (("output", "Q5_1", "all"), ("attn_output", "Q8_0", "all"), ("attn_v", "Q8_0", "all"),
+               ("ffn_down", "Q5_K", "all"), ("attn_q", "IQ4_NL", "all"), ("attn_k", "Q5_0", "all"),
+               ("ffn_gate", "IQ4_NL", "all"), ("ffn_up", "IQ4_NL", "all")),
+    "q4_k_s": (("output", "Q5_1", "all"), ("attn_output", "Q8_0", "all"), ("attn_v", "Q8_0", "all"),
+               ("ffn_down", "Q6_K", "all"), ("attn_q", "Q5_1", "all"), ("attn_k", "Q5_1", "all"),
+               ("ffn_gate", "IQ4_NL", "all")),
+    "q4_k_m": (("output", "Q5_1", "all"), ("attn_output", "Q8_0", "all"), ("attn_v", "Q8_0", "all"),
+               ("ffn_down", "Q6_K", "all"), ("attn_q", "Q5_1", "all"), ("attn_k", "Q5_1", "all")),
+    "q5_k_m": (("attn_v", "Q8_0", "all"), ("ffn_down", "Q6_K", "all"), ("attn_q", "Q5_0", "all"),
+               ("ffn_gate", "Q5_0", "all")),
+    "q6_k": (("ffn_down", "Q8_0", "all"), ("ffn_gate", "Q5_1", "mid")),
+}
+PRESETS.update({p + MIX: PRESETS[p] for p in MIX_RULES})
 FLOAT_TYPES = ("F32", "F16", "BF16")
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
             "IQ4_XS": "IQ4_NL"}
@@ -153,6 +184,23 @@ def _mixture(preset: str, name: str, cols: int, n_layers: int, n_gqa: int, tied:
     return new
 
 
+def _mix_rule(rules, name: str, t: str, n_layers: int, tied: bool) -> str:
+    """The type MIX_RULES give tensor `name` (t: llama.cpp's choice, kept if no rule matches).
+    An "output" rule covers token_embd.weight when the embeddings are tied (the same matrix)."""
+    cat = _category(name)
+    if cat == "token_embd" and tied:
+        cat = "output"
+    m = _BLK.match(name)
+    i = int(m.group(1)) if m else -1
+    for rc, rt, layers in rules:
+        if rc != cat:
+            continue
+        if (layers == "all" or (layers == "more" and i >= 0 and use_more_bits(i, n_layers))
+                or (layers == "mid" and n_layers // 8 <= i < 7 * n_layers // 8)):
+            t = rt
+    return t
+
+
 def plan_types(shapes: dict[str, tuple[int, ...]], preset: str, *, n_layers: int, n_head: int,
                n_head_kv: int, tied: bool, source_types: dict[str, str] | None = None,
                overrides=(), has_imatrix: bool = False, notes: dict | None = None) -> dict[str, str]:
@@ -166,6 +214,12 @@ def plan_types(shapes: dict[str, tuple[int, ...]], preset: str, *, n_layers: int
     if preset == "keep" and source_types is None:
         raise ConvertError("preset 'keep' needs a source with typed tensors")
     n_gqa = max(1, n_head // max(1, n_head_kv))
+    rules = ()
+    if preset.endswith(MIX):
+        preset = preset[:-len(MIX)]
+        mats = [(n, int(sh[-1])) for n, sh in shapes.items() if len(sh) >= 2 and not n.endswith("_norm.weight")]
+        if any(not get_type(_mixture(preset, n, c, n_layers, n_gqa, tied, has_imatrix)).supports(c) for n, c in mats):
+            rules = MIX_RULES[preset]
     out: dict[str, str] = {}
     used = [False] * len(ovs)
     for name, shape in shapes.items():
@@ -179,6 +233,8 @@ def plan_types(shapes: dict[str, tuple[int, ...]], preset: str, *, n_layers: int
             t = PRESETS[preset]
         else:
             t = _mixture(preset, name, cols, n_layers, n_gqa, tied, has_imatrix)
+        if rules:
+            t = _mix_rule(rules, name, t, n_layers, tied)
         for k, (pat, typ) in enumerate(ovs):
             if fnmatch.fnmatchcase(name, pat):
                 t, used[k] = typ, True

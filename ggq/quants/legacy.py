@@ -7,7 +7,8 @@ Byte layouts are GGML's (see spec/QUANTS-32.md). Two quantization modes:
   the same order as ggml (d = max / -8, id = 1 / d, q = trunc(x * id + 8.5), ...).
 * search (search=True, or any imatrix): weighted least-squares scale search.
   Weights: imatrix[j] * sqrt(sigma2 + x[j]^2) with an imatrix (llama.cpp's
-  quantize_row_q*_impl), sqrt(sigma2 + x[j]^2) without one (sigma2 = mean x^2 of the row).
+  quantize_row_q*_impl); without one, per type (NO_IMATRIX_WMODE, chosen by the model's KLD):
+  uniform for Q5_0, sqrt(sigma2 + x[j]^2) for the others (sigma2 = mean x^2 of the row).
   - Q4_0 / Q5_0 / Q8_0: make_qx_quants-style: 19 candidate inverse scales
     -(nmax + 0.1 i) / max, i = -9..9, each with its least-squares scale; the best is rounded
     to fp16 and the levels re-derived for that rounded scale.
@@ -15,9 +16,9 @@ Byte layouts are GGML's (see spec/QUANTS-32.md). Two quantization modes:
   - Q4_1 / Q5_1: make_qkx3-style: 37 candidate scales over the block's [min, max], each
     with the joint least-squares (scale, min) solution. Unlike llama.cpp's k-quant helper
     the min is not clamped to <= 0 because these types store a signed fp16 m.
-  (A private kernel switch `wmode` = 1 / 2 selects weights x^2 / 1 for experiments: x^2,
-  llama.cpp's no-imatrix choice for k-quants, made plain RMSE worse than the reference on
-  Student-t data for Q4_0, so it is not the default.)
+  (The kernel's `wmode` 1 selects weights x^2, llama.cpp's no-imatrix choice for k-quants: it
+  made plain RMSE worse than the reference on Student-t data for Q4_0, and SmolLM2's KLD worse
+  for Q5_0 and Q5_1, so no type uses it.)
   Each block finally keeps whichever of {reference block, search result} has the smaller
   weighted squared error measured on the actual fp16 scales and decoded float32 values,
   so search mode is never worse than absmax in its own metric, block by block.
@@ -39,6 +40,12 @@ F16_TO_F32 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16
 
 # type codes used inside the kernels
 _Q4_0, _Q4_1, _Q5_0, _Q5_1, _Q8_0 = 0, 1, 2, 3, 4
+# search weights without an imatrix, per type (kernel wmode: 0 sqrt(sigma2 + x^2), 2 uniform).
+# Chosen by the model's KLD, not the weight error: SmolLM2 off-grid, development text, q4_k_s
+# (576-wide matrices Q5_0): Q5_0 uniform 0.1309, sqrt(sigma2 + x^2) 0.1376, x^2 0.1409,
+# llama.cpp's reference 0.1313; q5_k_m (Q5_1): sqrt(sigma2 + x^2) 0.0457, uniform 0.0475,
+# reference 0.0521.
+NO_IMATRIX_WMODE = {_Q4_0: 0, _Q4_1: 0, _Q5_0: 2, _Q5_1: 0, _Q8_0: 0}
 
 
 # --------------------------------------------------------------------------------------
@@ -550,7 +557,7 @@ class _Legacy(QuantType):
                 raise QuantError(f"{self.name}: importance matrix must be finite and non-negative")
             _quantize_search(self.kind, x, imat, True, 0, out)
         else:
-            _quantize_search(self.kind, x, np.ones(cols, np.float32), False, 0, out)
+            _quantize_search(self.kind, x, np.ones(cols, np.float32), False, NO_IMATRIX_WMODE[self.kind], out)
         return out
 
     def dequantize(self, data, cols):

@@ -267,9 +267,11 @@ for yn in (None, w2):
 g, u = t(2, 300) * 3, t(2, 300)
 assert rel(triton_fused.act_mul(g, u, False), ops.silu_mul(g, u)) < 1e-5
 assert rel(triton_fused.act_mul(g, u, True), ops.gelu_tanh_mul(g, u)) < 1e-5
-nh, nkv, hd, n_ctx = 6, 2, 32, 80
-cos, sin = t(n_ctx, hd // 2), t(n_ctx, hd // 2)
-for p, window in ((0, 0), (45, 0), (70, 0), (70, 9), (5, 9)):
+nh, nkv, hd = 6, 2, 32
+# a short cache (one program per head) and a long one (its keys split in parallel runs)
+for n_ctx, p, window in ((80, 0, 0), (80, 45, 0), (80, 70, 0), (80, 70, 9), (80, 5, 9), (700, 0, 0), (700, 650, 0),
+                         (700, 650, 300), (700, 690, 1000)):
+    cos, sin = t(n_ctx, hd // 2), t(n_ctx, hd // 2)
     kc, vc = t(nkv, n_ctx, hd), t(nkv, n_ctx, hd)
     kc2, vc2 = kc.clone(), vc.clone()
     q, k, v = t(1, nh * hd), t(1, nkv * hd), t(1, nkv * hd)

@@ -95,9 +95,10 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
-def measure(path: Path, device: str, n_prompt: int, n_gen: int, reps: int, ngl: int = 999, **ops_kw) -> dict:
+def measure(path: Path, device: str, n_prompt: int, n_gen: int, reps: int, ngl: int = 999, depth: int = 16,
+            **ops_kw) -> dict:
     """pp and tg tokens/s (medians over reps) with the last ngl layers (999: every layer and the
-    output) on `device`; ngl 0: the CPU engine alone."""
+    output) on `device`; ngl 0: the CPU engine alone. Decode steps follow a prompt of depth tokens."""
     import torch
 
     from ggq.format import GGQReader
@@ -109,11 +110,11 @@ def measure(path: Path, device: str, n_prompt: int, n_gen: int, reps: int, ngl: 
         torch.cuda.reset_peak_memory_stats()
     reader = GGQReader(path)
     offload = Offload(ngl, TorchOps(device, **ops_kw)) if ngl else None
-    model = build_model(reader, n_ctx=max(n_prompt, 16 + n_gen, 36) + 8, offload=offload)
+    model = build_model(reader, n_ctx=max(n_prompt, depth + n_gen, 36) + 8, offload=offload)
     vocab = model.vocab_size
     rng = np.random.default_rng(1)
     prompt = rng.integers(0, vocab, size=n_prompt)
-    short = rng.integers(0, vocab, size=16)
+    short = rng.integers(0, vocab, size=depth)
     model.forward(prompt[:32], 0)                       # warm-up: kernels, graphs
     for i in range(3):
         model.forward(short[i:i + 1], 32 + i)
@@ -129,7 +130,7 @@ def measure(path: Path, device: str, n_prompt: int, n_gen: int, reps: int, ngl: 
         _sync(device)
         t = time.perf_counter()
         for i in range(n_gen):
-            tok = int(model.forward([tok], 16 + i)[-1].argmax())
+            tok = int(model.forward([tok], depth + i)[-1].argmax())
         _sync(device)
         tg.append(n_gen / (time.perf_counter() - t))
     weights = sum(m.data.numel() for m in model.matrices() if hasattr(m, "data"))
@@ -249,6 +250,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--depth", type=int, default=16, help="decode after a prompt of this many tokens")
     ap.add_argument("--no-transformers", action="store_true", help="skip transformers' figures")
     ap.add_argument("--sweep", default="smollm2-q4_k_m", help="model run with -ngl 0, half and all ('' for none)")
     ap.add_argument("--profile", default="smollm2-q4_k_m", help="model to profile ('' for none)")
@@ -270,7 +272,7 @@ def main(argv=None) -> int:
     if cuda:
         variants["no graphs"] = {"graphs": False}
         variants["no triton (tile decode)"] = {"triton": None}
-    results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+    results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "depth": a.depth,
                "models": {}, "transformers": {}, "sweep": {}, "profile": {}}
 
     def log(msg):
@@ -308,7 +310,8 @@ def main(argv=None) -> int:
             res = results["models"][name] = {}
             for vname, kw in variants.items():
                 gen = a.gen if vname == "graphs+triton" else min(a.gen, 32)
-                r = stage(f"{name} [{vname}]", lambda: measure(path, a.device, a.prompt, gen, a.reps, **kw))
+                r = stage(f"{name} [{vname}]", lambda: measure(path, a.device, a.prompt, gen, a.reps, depth=a.depth,
+                                                                 **kw))
                 if r is not None:
                     res[vname] = r
                     log(f"{name} [{vname}]: pp{a.prompt} {r['pp']:.1f} t/s, tg {r['tg']:.1f} t/s")
@@ -338,7 +341,8 @@ def main(argv=None) -> int:
                 results["profile"] = {"model": a.profile, **r}
             save()
 
-    print(f"\n{results['device']}, torch {results['torch']}, every layer and the output offloaded (-ngl 999)\n")
+    print(f"\n{results['device']}, torch {results['torch']}, every layer and the output offloaded (-ngl 999); "
+          f"decode after {a.depth} tokens\n")
     print(f"| model | file MiB | weights on device MiB | peak MiB | pp{a.prompt} t/s | tg t/s | "
           "tg without graphs | tg without Triton |")
     print("|---|--:|--:|--:|--:|--:|--:|--:|")

@@ -142,21 +142,18 @@ def rope_store(q, k, v, pos, cos, sin, kcache, vcache, n_heads: int, n_kv_heads:
 
 
 @triton.jit
-def _attend_one_kernel(q, kc, vc, pos, out, n_ctx, group, scale, window, HD: tl.constexpr, BLOCK: tl.constexpr):
-    """Program h: query head h against kv head h // group, keys lo..pos, in blocks of BLOCK."""
-    h = tl.program_id(0)
+def _attend_part(q, kc, vc, p, h, lo, hi, n_ctx, group, scale, HD: tl.constexpr, BLOCK: tl.constexpr):
+    """Online softmax of query head h over keys lo..hi-1 of its kv head: (max, sum, weighted V)."""
     g = (h // group).to(tl.int64)
-    p = tl.load(pos)
     d = tl.arange(0, HD)
     qv = tl.load(q + h * HD + d) * scale
-    first = tl.where(window > 0, tl.maximum(p - window + 1, 0), 0)  # the oldest key the query sees
     m_i = tl.zeros((1,), dtype=tl.float32) - float("inf")
     l_i = tl.zeros((1,), dtype=tl.float32)
     acc = tl.zeros((HD,), dtype=tl.float32)
     t0 = tl.arange(0, BLOCK)
-    for start in range(first // BLOCK * BLOCK, p + 1, BLOCK):
+    for start in range(lo, hi, BLOCK):
         t = start + t0
-        seen = (t <= p) & (t >= first)
+        seen = t < hi
         off = (g * n_ctx + t)[:, None] * HD + d[None, :]
         kb = tl.load(kc + off, mask=seen[:, None], other=0.0)
         sc = tl.where(seen, tl.sum(kb * qv[None, :], axis=1), -float("inf"))
@@ -167,7 +164,62 @@ def _attend_one_kernel(q, kc, vc, pos, out, n_ctx, group, scale, window, HD: tl.
         acc = acc * alpha + tl.sum(pr[:, None] * vb, axis=0)
         l_i = l_i * alpha + tl.sum(pr, axis=0)
         m_i = m_new
-    tl.store(out + h * HD + d, acc / l_i)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _first_key(p, window):
+    """The oldest cache position the query at p sees."""
+    return tl.where(window > 0, tl.maximum(p - window + 1, 0), 0)
+
+
+@triton.jit
+def _attend_one_kernel(q, kc, vc, pos, out, n_ctx, group, scale, window, HD: tl.constexpr, BLOCK: tl.constexpr):
+    """Program h: query head h against kv head h // group, every key it sees."""
+    h = tl.program_id(0)
+    p = tl.load(pos)
+    m_i, l_i, acc = _attend_part(q, kc, vc, p, h, _first_key(p, window), p + 1, n_ctx, group, scale, HD, BLOCK)
+    tl.store(out + h * HD + tl.arange(0, HD), acc / l_i)
+
+
+@triton.jit
+def _attend_split_kernel(q, kc, vc, pos, part_m, part_l, part_acc, n_ctx, group, scale, window,
+                         HD: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr):
+    """Program (h, s): query head h over the s-th of SPLITS equal runs of the keys it sees
+    (long contexts: the runs go in parallel, _attend_combine_kernel joins them)."""
+    h = tl.program_id(0)
+    s = tl.program_id(1)
+    p = tl.load(pos)
+    first = _first_key(p, window)
+    per = ((p + 1 - first + SPLITS - 1) // SPLITS + BLOCK - 1) // BLOCK * BLOCK
+    lo = first + s * per
+    hi = tl.minimum(lo + per, p + 1)
+    m_i, l_i, acc = _attend_part(q, kc, vc, p, h, lo, hi, n_ctx, group, scale, HD, BLOCK)
+    at = h * SPLITS + s
+    one = tl.arange(0, 1)
+    tl.store(part_m + at + one, m_i)
+    tl.store(part_l + at + one, l_i)
+    tl.store(part_acc + at * HD + tl.arange(0, HD), acc)
+
+
+@triton.jit
+def _attend_combine_kernel(part_m, part_l, part_acc, out, HD: tl.constexpr, SPLITS: tl.constexpr):
+    h = tl.program_id(0)
+    s = tl.arange(0, SPLITS)
+    d = tl.arange(0, HD)
+    m = tl.load(part_m + h * SPLITS + s)
+    wgt = tl.exp(m - tl.max(m, axis=0))  # empty runs (max -inf) weigh 0
+    l_sum = tl.sum(wgt * tl.load(part_l + h * SPLITS + s), axis=0)
+    acc = tl.sum(wgt[:, None] * tl.load(part_acc + (h * SPLITS + s)[:, None] * HD + d[None, :]), axis=0)
+    tl.store(out + h * HD + d, acc / l_sum)
+
+
+def attention_splits(n_ctx: int) -> int:
+    """Parallel runs of keys per head for a cache of n_ctx positions: one up to 256, then one
+    per 128 positions up to 32 (a power of two)."""
+    if n_ctx <= 256:
+        return 1
+    return min(32, triton.next_power_of_2(n_ctx // 128))
 
 
 def attend_one(q, kcache, vcache, pos, scale: float, window: int, n_heads: int) -> torch.Tensor:
@@ -175,6 +227,15 @@ def attend_one(q, kcache, vcache, pos, scale: float, window: int, n_heads: int) 
     attention output (1, n_heads*hd)."""
     n_kv, n_ctx, hd = kcache.shape
     out = torch.empty_like(q)
-    _attend_one_kernel[(n_heads,)](q, kcache, vcache, pos, out, n_ctx, n_heads // n_kv, float(scale), int(window),
-                                   HD=hd, BLOCK=32)
+    group, splits = n_heads // n_kv, attention_splits(n_ctx if window <= 0 else min(n_ctx, window))
+    if splits == 1:
+        _attend_one_kernel[(n_heads,)](q, kcache, vcache, pos, out, n_ctx, group, float(scale), int(window),
+                                       HD=hd, BLOCK=32)
+        return out
+    part_m = torch.empty((n_heads, splits), dtype=torch.float32, device=q.device)
+    part_l = torch.empty_like(part_m)
+    part_acc = torch.empty((n_heads, splits, hd), dtype=torch.float32, device=q.device)
+    _attend_split_kernel[(n_heads, splits)](q, kcache, vcache, pos, part_m, part_l, part_acc, n_ctx, group,
+                                            float(scale), int(window), HD=hd, BLOCK=32, SPLITS=splits)
+    _attend_combine_kernel[(n_heads,)](part_m, part_l, part_acc, out, HD=hd, SPLITS=splits)
     return out

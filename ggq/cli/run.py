@@ -55,18 +55,38 @@ def _kernel_tasks(llama, n_prompt: int) -> tuple[list[str], list[str]]:
     return prompt, decode
 
 
-def _load_decode_kernels(m, n_prompt: int) -> None:
-    """Warm cache: load the decode step's weight kernels from Numba's disk cache in a thread
-    while the prompt runs (its GEMM kernels run without the GIL), so that the first decode
-    step does not stop for them (about 25 ms on SmolLM2). Numba's compiler lock serialises a
-    kernel that both threads want."""
+def _load_weight_kernels(m, n_prompt, decode: bool = True) -> int:
+    """Warm cache: load every weight kernel the run calls before the prompt runs, then drop
+    LLVM's code pages from the process (runtime.resident; returns the KiB dropped). The decode
+    step's kernels ("mv:" tasks, every matrix type) load in a thread while the tokenizer still
+    builds (n_prompt() waits for it), the prompt's batch kernels ("mm:") here. Loaded before any
+    weight page is touched, LLVM's ~60 MB leave before the weights' pages come in, so the peak
+    resident set holds one or the other, not both; the small kernels the model calls (norms,
+    attention) load in the prompt, faulting back the few LLVM pages they need."""
     import threading
 
     from ..kernels import warm
+    from ..runtime.resident import drop_clean_library_pages
 
-    _, decode = _kernel_tasks(m.llama, n_prompt)
+    if any(d != "cpu" for d in getattr(m.llama, "devices", ("cpu",))):
+        return 0  # layers on another device: their kernels are not these
+
+    def load(tasks):
+        try:
+            warm(tasks)
+        except Exception:  # noqa: BLE001 - the forward pass compiles it again and says what is wrong
+            pass
+
+    mv = [t for t in dict.fromkeys(sum(_kernel_tasks(m.llama, 1), [])) if t.startswith("mv:")]
+    th = None
     if decode:
-        threading.Thread(target=warm, args=(decode,), name="ggq-load-kernels", daemon=True).start()
+        th = threading.Thread(target=load, args=(mv,), name="ggq-load-kernels", daemon=True)
+        th.start()
+    prompt, _ = _kernel_tasks(m.llama, n_prompt())
+    load([t for t in prompt if t not in mv] if decode else prompt)
+    if th is not None:
+        th.join()
+    return drop_clean_library_pages("libllvmlite")
 
 
 def _precompile(m, n_prompt):
@@ -152,10 +172,12 @@ def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, 
     def precompile(m):
         if not exact and max_tokens != 0:
             try:
-                n_prompt = len(m.prompt_ids(prompt, chat, system))
-                helpers.append(_precompile(m, lambda: n_prompt))
-                if helpers[-1] is None and max_tokens != 1:
-                    _load_decode_kernels(m, n_prompt)
+                def n_prompt():
+                    return len(m.prompt_ids(prompt, chat, system))
+
+                helpers.append(_precompile(m, n_prompt))
+                if helpers[-1] is None:
+                    _load_weight_kernels(m, n_prompt, decode=max_tokens != 1)
             except Exception:  # a bad prompt: generate() below says what is wrong
                 pass
 

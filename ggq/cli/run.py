@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
+from contextlib import contextmanager
 
 import click
 
@@ -16,6 +18,23 @@ def _log(msg: str) -> None:
     click.echo(f"ggq: {msg}", err=True)
 
 
+@contextmanager
+def _numba_without_yaml():
+    """Numba imports PyYAML when it starts (10-20 ms here) only to read a .numba_config.yaml in
+    the current folder; with no such file there, PyYAML reads as absent while Numba imports
+    (Numba then reads its settings from the environment alone, as it would anyway). Nothing
+    is masked when Numba or PyYAML is already imported or the file exists."""
+    if "numba" in sys.modules or "yaml" in sys.modules or os.path.exists(".numba_config.yaml"):
+        yield
+        return
+    sys.modules["yaml"] = None
+    try:
+        yield
+    finally:
+        if "yaml" in sys.modules and sys.modules["yaml"] is None:
+            del sys.modules["yaml"]
+
+
 def _load(model, ctx, threads, no_mmap=False, then=None, n_gpu_layers=0, device=None):
     """ggq.load, then Numba ready for kernels (jit_cache.numba_ready: rather than in the first
     kernel call), then then(model) if given. n_gpu_layers, device: -ngl and --device
@@ -26,7 +45,7 @@ def _load(model, ctx, threads, no_mmap=False, then=None, n_gpu_layers=0, device=
     from ..api import load
     from ..jit_cache import numba_ready, numba_without_scipy
 
-    with numba_without_scipy():  # this process is ours: spare Numba's SciPy imports
+    with numba_without_scipy(), _numba_without_yaml():  # this process is ours: spare Numba's imports
         m = load(model, n_ctx=ctx, threads=threads, log=_log, use_mmap=not no_mmap, n_gpu_layers=n_gpu_layers,
                  device=device)
         numba_ready(fast_cache_loads=True)

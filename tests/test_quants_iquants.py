@@ -349,7 +349,8 @@ def test_mix_presets_keep_llamacpp_size_and_change_nothing_that_fits():
     km, lc = _plan("q4_k_m_mix", s), _plan("q4_k_m", s)
     assert lc["token_embd.weight"] == "Q8_0" and km["token_embd.weight"] == "Q5_1"
     assert [km[f"blk.{i}.ffn_down.weight"] for i in range(30)] == ["Q6_K"] * 30
-    assert km["blk.3.attn_output.weight"] == "Q8_0" and lc["blk.3.attn_output.weight"] == "Q5_0"
+    assert km["blk.3.attn_v.weight"] == "Q8_0" and lc["blk.3.attn_v.weight"] == "Q5_0"
+    assert km["blk.3.ffn_gate.weight"] == "Q5_0" and km["blk.29.ffn_gate.weight"] == "Q5_1"  # "ends"
     untied = plan_types(s, "q4_k_m_mix", n_layers=30, n_head=9, n_head_kv=3, tied=False)
     assert untied["token_embd.weight"] == plan_types(s, "q4_k_m", n_layers=30, n_head=9, n_head_kv=3,
                                                      tied=False)["token_embd.weight"]

@@ -57,20 +57,21 @@ FIT_PRESETS = ("q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
 PRESETS.update({p + FIT: PRESETS[p] for p in FIT_PRESETS})
 MIX = "_mix"  # suffix of ggq's own mixtures at llama.cpp's size (see the module docstring)
 # preset -> rules (category, type, layers) applied over llama.cpp's mixture when some tensor of
-# that mixture falls back; layers: "all", "more" (use_more_bits) or "mid" (not the first or last
-# eighth of the layers); later rules win.
+# that mixture falls back; layers: "all", "more" (use_more_bits), "mid" (not the first or last
+# eighth of the layers) or "ends" (the first and last eighth); later rules win.
 MIX_RULES: dict[str, tuple] = {
     "q2_k": (("attn_q", "IQ4_NL", "all"), ("attn_k", "IQ4_NL", "all"), ("attn_v", "IQ4_NL", "all"),
              ("attn_v", "Q5_0", "more"), ("attn_output", "IQ4_NL", "all"), ("ffn_gate", "IQ4_NL", "all"),
              ("ffn_up", "IQ4_NL", "all")),
-    "q3_k_m": (("output", "Q5_1", "all"), ("attn_output", "Q8_0", "all"), ("attn_v", "Q8_0", "all"),
-               ("ffn_down", "Q5_K", "all"), ("attn_q", "IQ4_NL", "all"), ("attn_k", "Q5_0", "all"),
-               ("ffn_gate", "IQ4_NL", "all"), ("ffn_up", "IQ4_NL", "all")),
-    "q4_k_s": (("output", "Q5_1", "all"), ("attn_output", "Q8_0", "all"), ("attn_v", "Q8_0", "all"),
-               ("ffn_down", "Q6_K", "all"), ("attn_q", "Q5_1", "all"), ("attn_k", "Q5_1", "all"),
-               ("ffn_gate", "IQ4_NL", "all")),
-    "q4_k_m": (("output", "Q5_1", "all"), ("attn_output", "Q8_0", "all"), ("attn_v", "Q8_0", "all"),
-               ("ffn_down", "Q6_K", "all"), ("attn_q", "Q5_1", "all"), ("attn_k", "Q5_1", "all")),
+    "q3_k_m": (("output", "Q5_1", "all"), ("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"),
+               ("ffn_down", "Q5_K", "all"), ("attn_q", "Q5_0", "all"), ("attn_output", "Q5_1", "all"),
+               ("ffn_up", "IQ4_NL", "all"), ("ffn_up", "Q5_0", "ends"), ("ffn_gate", "IQ4_NL", "all")),
+    "q4_k_s": (("output", "Q5_1", "all"), ("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"),
+               ("ffn_down", "Q6_K", "all"), ("attn_q", "Q5_1", "all"), ("attn_output", "Q5_1", "all"),
+               ("ffn_up", "Q5_1", "all"), ("ffn_gate", "IQ4_NL", "all")),
+    "q4_k_m": (("output", "Q5_1", "all"), ("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"),
+               ("ffn_down", "Q6_K", "all"), ("attn_q", "Q5_1", "all"), ("attn_output", "Q5_1", "all"),
+               ("ffn_up", "Q5_1", "all"), ("ffn_gate", "Q5_1", "ends")),
     "q5_k_m": (("attn_v", "Q8_0", "all"), ("ffn_down", "Q6_K", "all"), ("attn_q", "Q5_0", "all"),
                ("ffn_gate", "Q5_0", "all")),
     "q6_k": (("ffn_down", "Q8_0", "all"), ("ffn_gate", "Q5_1", "mid")),
@@ -195,8 +196,9 @@ def _mix_rule(rules, name: str, t: str, n_layers: int, tied: bool) -> str:
     for rc, rt, layers in rules:
         if rc != cat:
             continue
+        mid = n_layers // 8 <= i < 7 * n_layers // 8
         if (layers == "all" or (layers == "more" and i >= 0 and use_more_bits(i, n_layers))
-                or (layers == "mid" and n_layers // 8 <= i < 7 * n_layers // 8)):
+                or (layers == "mid" and mid) or (layers == "ends" and i >= 0 and not mid)):
             t = rt
     return t
 

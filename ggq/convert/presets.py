@@ -60,9 +60,9 @@ MIX = "_mix"  # suffix of ggq's own mixtures at llama.cpp's size (see the module
 # that mixture falls back; layers: "all", "more" (use_more_bits), "mid" (not the first or last
 # eighth of the layers) or "ends" (the first and last eighth); later rules win.
 MIX_RULES: dict[str, tuple] = {
-    "q2_k": (("attn_q", "IQ4_NL", "all"), ("attn_k", "IQ4_NL", "all"), ("attn_v", "IQ4_NL", "all"),
-             ("attn_v", "Q5_0", "more"), ("attn_output", "IQ4_NL", "all"), ("ffn_gate", "IQ4_NL", "all"),
-             ("ffn_up", "IQ4_NL", "all")),
+    "q2_k": (("output", "Q5_1", "all"), ("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"),
+             ("ffn_down", "Q4_K", "all"), ("attn_q", "Q5_0", "all"), ("attn_output", "IQ4_NL", "all"),
+             ("ffn_up", "IQ4_NL", "all"), ("ffn_up", "Q5_0", "ends"), ("ffn_gate", "IQ4_NL", "all")),
     "q3_k_m": (("output", "Q5_1", "all"), ("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"),
                ("ffn_down", "Q5_K", "all"), ("attn_q", "Q5_0", "all"), ("attn_output", "Q5_1", "all"),
                ("ffn_up", "IQ4_NL", "all"), ("ffn_up", "Q5_0", "ends"), ("ffn_gate", "IQ4_NL", "all")),

@@ -23,14 +23,16 @@
   as Q4_0 (same 4.5 bpw) 0.177, as Q4_1 (5.0 bpw) 0.131, as llama.cpp's Q5_0 (5.5 bpw) 0.065.
 - *_mix presets ("ggq's mixture at llama.cpp's size"): identical to the llama.cpp preset of the
   same name where no tensor falls back (every row a multiple of its type's block); where some do,
-  llama.cpp's fallbacks spend bits on the wrong matrices (SmolLM2: every 576-wide matrix gets a
-  32-element type one tier up, ffn_down stays low), and MIX re-spends about the same budget by
-  each category's measured sensitivity: attn_v / attn_output and ffn_down first, ffn_gate last,
-  IQ4_NL in place of Q4_0. Measured on SmolLM2-135M's off-grid variant (KLD against the float
-  model on development text; docs/quality.md): per category, dropping it from Q8_0 to Q5_1 cost
-  attn_v+attn_output 0.023, the tied embedding 0.017, ffn_up 0.0095, attn_q+attn_k 0.0069,
-  ffn_gate 0.0044 (ffn_down Q8_0 -> Q6_K 0.0038, -> Q5_K 0.020). The rules are that model's;
-  `convert --dry-run` prints the bits per weight they give on another.
+  llama.cpp's fallbacks spend bits where they buy little (SmolLM2: every 576-wide matrix one
+  32-element tier up, attn_v and ffn_down low), and MIX_RULES re-spend about the same budget
+  (within 0.02 bits per weight on SmolLM2) by each matrix's measured cost per bit. Measured on
+  SmolLM2-135M's off-grid variant, KLD against the float model on development text (docs/
+  quality.md), one category at a time from Q8_0 (0.0046) down to Q5_1, in KLD per megabit
+  saved: attn_v 2.5e-3, attn_k 4.1e-4, tied embedding 2.4e-4, ffn_up and attn_q 1.4e-4,
+  attn_output 1.0e-4, ffn_gate 6.6e-5; ffn_down Q8_0 -> Q6_K 7.5e-5, -> Q5_K 2.5e-4. So attn_v
+  and attn_k go to Q8_0, ffn_down up a tier or two, the tied embedding to Q5_1, ffn_gate (then
+  ffn_up) down to IQ4_NL / Q5_0. The rules are that model's; `convert --dry-run` prints the bits
+  per weight they give on another.
 - `keep` (default for GGUF input) keeps every tensor's source type.
 - overrides: (fnmatch pattern, type) pairs on tensor names, later wins, then the fallback
   above. They apply to 2-D tensors only (1-D ones are F32 by contract).

@@ -87,9 +87,6 @@ def _load_weight_kernels(m, n_prompt, decode: bool = True) -> int:
     from ..kernels import warm
     from ..runtime.resident import drop_clean_library_pages
 
-    if any(d != "cpu" for d in getattr(m.llama, "devices", ("cpu",))):
-        return 0  # layers on another device: their kernels are not these
-
     def load(tasks):
         try:
             warm(tasks)
@@ -105,6 +102,8 @@ def _load_weight_kernels(m, n_prompt, decode: bool = True) -> int:
     load([t for t in prompt if t not in mv] if decode else prompt)
     if th is not None:
         th.join()
+    if any(d != "cpu" for d in getattr(m.llama, "devices", ("cpu",))):
+        return 0  # layers on another device (torch): not only these kernels run
     return drop_clean_library_pages("libllvmlite")
 
 

@@ -36,21 +36,22 @@ def _numba_without_yaml():
 
 
 def _load(model, ctx, threads, no_mmap=False, then=None, n_gpu_layers=0, device=None):
-    """ggq.load, then Numba ready for kernels (jit_cache.numba_ready: rather than in the first
-    kernel call), then then(model) if given. n_gpu_layers, device: -ngl and --device
-    (ggq.cli._gpu). then() comes last because it may start a thread that loads kernels: before
-    numba_ready(fast_cache_loads=True), that thread's first load would refresh Numba's whole
-    target context (0.1-0.4 s of imports under Numba's compiler lock, which the prompt's
-    kernels then wait for)."""
+    """ggq.load, then then(model) if given, then Numba ready for kernels (jit_cache.numba_ready:
+    rather than in the first kernel call), then the callable then() returned, if any.
+    n_gpu_layers, device: -ngl and --device (ggq.cli._gpu). Kernels this process loads go in
+    that last step: before numba_ready(fast_cache_loads=True), a load refreshes Numba's whole
+    target context (0.1-0.4 s of imports under Numba's compiler lock); then() itself runs first
+    so that a helper process compiling a cold cache starts as early as it can."""
     from ..api import load
     from ..jit_cache import numba_ready, numba_without_scipy
 
     with numba_without_scipy(), _numba_without_yaml():  # this process is ours: spare Numba's imports
         m = load(model, n_ctx=ctx, threads=threads, log=_log, use_mmap=not no_mmap, n_gpu_layers=n_gpu_layers,
                  device=device)
+        after = then(m) if then is not None else None
         numba_ready(fast_cache_loads=True)
-        if then is not None:
-            then(m)
+        if after is not None:
+            after()
     return m
 
 
@@ -194,10 +195,17 @@ def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, 
                     return len(m.prompt_ids(prompt, chat, system))
 
                 helpers.append(_precompile(m, n_prompt))
-                if helpers[-1] is None:
-                    _load_weight_kernels(m, n_prompt, decode=max_tokens != 1)
             except Exception:  # a bad prompt: generate() below says what is wrong
-                pass
+                return None
+            if helpers[-1] is None:  # warm cache: load the kernels here, once Numba is ready
+                def load_kernels():
+                    try:
+                        _load_weight_kernels(m, n_prompt, decode=max_tokens != 1)
+                    except Exception:  # a bad prompt: generate() below says what is wrong
+                        pass
+
+                return load_kernels
+        return None
 
     try:
         m = _load(model, ctx_size, threads, no_mmap, then=precompile, n_gpu_layers=n_gpu_layers, device=device)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from ..convert.presets import FIT, MIX, PRESETS
 from . import cli
 
 
@@ -13,8 +14,10 @@ from . import cli
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output .ggq file (default: INPUT's name + .<preset>.ggq in the current folder).")
 @click.option("-t", "--type", "preset", default=None, metavar="PRESET",
-              help="q4_k_m q4_k_s q5_k_m q5_k_s q6_k q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_m f16 bf16 f32 "
-                   "keep (default: keep for .gguf input, else q4_k_m).")
+              help=f"{' '.join(p for p in PRESETS if not p.endswith((FIT, MIX)))} (default: keep for .gguf "
+                   f"input, else q4_k_m); *{FIT} keeps the bit budget on rows 256 does not divide "
+                   f"({' '.join(p for p in PRESETS if p.endswith(FIT))}); *{MIX} is ggq's mixture at llama.cpp's "
+                   f"size ({' '.join(p for p in PRESETS if p.endswith(MIX))}).")
 @click.option("--override", "overrides", multiple=True, metavar="PATTERN=TYPE",
               help="Per-tensor type by fnmatch pattern, e.g. 'blk.*.ffn_down.weight=Q6_K' (repeatable, later wins).")
 @click.option("--imatrix", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,

@@ -141,27 +141,20 @@ def _matvec(w, x, y, rows, cols, row_bytes, KIND: tl.constexpr, BS: tl.constexpr
 # instead of decoding every element with its scales (a few instructions per weight, not forty).
 
 @triton.jit
-def _mv_q8_0(w, x, y, rows, nb, row_bytes, R: tl.constexpr, NB: tl.constexpr):
-    """Q8_0: d, 32 int8 per 34-byte block; NB blocks of R rows per iteration."""
-    r = tl.minimum(tl.program_id(0) * R + tl.arange(0, R), rows - 1).to(tl.int64)
-    i = tl.arange(0, 32)
-    acc = tl.zeros((R,), dtype=tl.float32)
-    for b0 in range(0, nb, NB):
-        b = b0 + tl.arange(0, NB)
-        inb = b < nb
-        bb = tl.where(inb, b, 0)
-        base = w + r[:, None] * row_bytes + (bb * 34)[None, :]                          # (R, NB)
-        q = tl.load(base[:, :, None] + 2 + i[None, None, :]).to(tl.int8, bitcast=True).to(tl.float32)
-        xv = tl.load(x + bb[:, None] * 32 + i[None, :], mask=inb[:, None], other=0.0)  # (NB, 32)
-        dot = tl.sum(q * xv[None, :, :], axis=2)
-        acc += tl.sum(tl.where(inb[None, :], _f16(base, 0) * dot, 0.0), axis=1)
-    rr = tl.program_id(0) * R + tl.arange(0, R)
-    tl.store(y + rr, acc, mask=rr < rows)
+def _b32_codes(e, i, KIND: tl.constexpr):
+    """Signed codes (float32) of elements i of the 32-element blocks at byte pointers e."""
+    if KIND == 4:    # Q8_0: d, 32 int8
+        return tl.load(e + 2 + i).to(tl.int8, bitcast=True).to(tl.float32)
+    else:            # Q5_0 (2): d, qh (u32: bit i is element i's fifth bit), 16 bytes of nibbles
+        q = ((_u8(e, 6 + i % 16) >> (4 * (i // 16))) & 15) | (((_u8(e, 2 + i // 8) >> (i % 8)) & 1) << 4)
+        return (q - 16).to(tl.float32)
 
 
 @triton.jit
-def _mv_q5_0(w, x, y, rows, nb, row_bytes, R: tl.constexpr, NB: tl.constexpr):
-    """Q5_0: d, qh (u32: bit i is element i's fifth bit), 16 bytes of nibbles per 22-byte block."""
+def _mv_b32(w, x, y, rows, nb, row_bytes, KIND: tl.constexpr, TS: tl.constexpr, R: tl.constexpr,
+            NB: tl.constexpr):
+    """32-element blocks of TS bytes that start with their f16 scale d (Q8_0, Q5_0): per block
+    d * (codes . x); NB blocks of R rows per iteration."""
     r = tl.minimum(tl.program_id(0) * R + tl.arange(0, R), rows - 1).to(tl.int64)
     i = tl.arange(0, 32)
     acc = tl.zeros((R,), dtype=tl.float32)
@@ -169,12 +162,10 @@ def _mv_q5_0(w, x, y, rows, nb, row_bytes, R: tl.constexpr, NB: tl.constexpr):
         b = b0 + tl.arange(0, NB)
         inb = b < nb
         bb = tl.where(inb, b, 0)
-        base = w + r[:, None] * row_bytes + (bb * 22)[None, :]
-        e = base[:, :, None]
-        q = ((_u8(e, 6 + i[None, None, :] % 16) >> (4 * (i[None, None, :] // 16))) & 15) \
-            | (((_u8(e, 2 + i[None, None, :] // 8) >> (i[None, None, :] % 8)) & 1) << 4)
-        xv = tl.load(x + bb[:, None] * 32 + i[None, :], mask=inb[:, None], other=0.0)
-        dot = tl.sum((q - 16).to(tl.float32) * xv[None, :, :], axis=2)
+        base = w + r[:, None] * row_bytes + (bb * TS)[None, :]                          # (R, NB)
+        q = _b32_codes(base[:, :, None], i[None, None, :], KIND)                        # (R, NB, 32)
+        xv = tl.load(x + bb[:, None] * 32 + i[None, :], mask=inb[:, None], other=0.0)  # (NB, 32)
+        dot = tl.sum(q * xv[None, :, :], axis=2)
         acc += tl.sum(tl.where(inb[None, :], _f16(base, 0) * dot, 0.0), axis=1)
     rr = tl.program_id(0) * R + tl.arange(0, R)
     tl.store(y + rr, acc, mask=rr < rows)
@@ -248,7 +239,7 @@ def _mv_q6_k(w, x, y, rows, nsb, row_bytes, R: tl.constexpr):
 
 
 # type name -> (kernel, rows per program, blocks per iteration or None for one super-block)
-STRUCTURED = {"Q8_0": (_mv_q8_0, 4, 8), "Q5_0": (_mv_q5_0, 4, 8), "Q4_K": (_mv_q4_k, 4, None),
+STRUCTURED = {"Q8_0": (_mv_b32, 4, 8), "Q5_0": (_mv_b32, 4, 8), "Q4_K": (_mv_q4_k, 4, None),
               "Q6_K": (_mv_q6_k, 4, None)}
 
 
@@ -284,7 +275,7 @@ def matvec(name: str, w, x, cols: int):
         if nb is None:
             kernel[(triton.cdiv(rows, r),)](w, x, y, rows, cols // bs, w.shape[1], R=r)
         else:
-            kernel[(triton.cdiv(rows, r),)](w, x, y, rows, cols // bs, w.shape[1], R=r, NB=nb)
+            kernel[(triton.cdiv(rows, r),)](w, x, y, rows, cols // bs, w.shape[1], KIND=kind, TS=ts, R=r, NB=nb)
         return y
     _matvec[(triton.cdiv(rows, ROWS),)](w, x.reshape(-1).contiguous(), y, rows, cols, w.shape[1], KIND=kind, BS=bs, TS=ts,
                                         TILE=tile, R=ROWS)

@@ -45,11 +45,13 @@ Anonymous:             0 kB
 def test_only_clean_read_only_mappings_of_the_library(tmp_path):
     p = tmp_path / "smaps"
     p.write_text(SMAPS)
-    got = clean_file_mappings("libllvmlite", str(p))
     # relro (an anonymous page: relocated data), rw data and other libraries are never chosen;
-    # the last mapping counts though it ends the file
-    assert got == [(0x7f0000000000, 0x7f0000100000, 512), (0x7f0000100000, 0x7f0000300000, 300),
-                   (0x7f0000700000, 0x7f0000800000, 8)]
+    # by default reading stops after the library's adjacent mappings
+    first = [(0x7f0000000000, 0x7f0000100000, 512), (0x7f0000100000, 0x7f0000300000, 300)]
+    assert clean_file_mappings("libllvmlite", str(p)) == first
+    # all of them: the last mapping counts though it ends the file
+    assert clean_file_mappings("libllvmlite", str(p), first_run_only=False) == first + [
+        (0x7f0000700000, 0x7f0000800000, 8)]
     assert clean_file_mappings("libllvmlite", str(tmp_path / "absent")) == []
 
 

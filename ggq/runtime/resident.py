@@ -19,11 +19,16 @@ MADV_DONTNEED = 4  # Linux
 _MAP = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \S+\s*(.*)$")
 
 
-def clean_file_mappings(name_part: str, smaps: str = "/proc/self/smaps") -> list[tuple[int, int, int]]:
+def clean_file_mappings(name_part: str, smaps: str = "/proc/self/smaps",
+                        first_run_only: bool = True) -> list[tuple[int, int, int]]:
     """(start, end, resident KiB) of this process's read-only file mappings whose path contains
-    name_part and which hold no anonymous (copied-on-write) page; [] where /proc is absent."""
+    name_part and which hold no anonymous (copied-on-write) page; [] where /proc is absent.
+    first_run_only: stop reading at the first mapping of another file after the library's
+    (a loaded library's mappings are adjacent): the kernel computes smaps as it is read, ~15 us
+    a mapping, and a Numba process has hundreds."""
     out = []
     cur = None
+    seen = False
     try:
         with open(smaps) as fh:
             for line in fh:
@@ -32,6 +37,10 @@ def clean_file_mappings(name_part: str, smaps: str = "/proc/self/smaps") -> list
                     if cur is not None and cur[3]:
                         out.append(tuple(cur[:3]))
                     perms, path = m.group(3), m.group(4)
+                    if name_part in path:
+                        seen = True
+                    elif seen and first_run_only:
+                        return out
                     ok = name_part in path and "w" not in perms and not path.startswith("[")
                     cur = [int(m.group(1), 16), int(m.group(2), 16), 0, ok] if ok else None
                 elif cur is not None:

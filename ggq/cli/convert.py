@@ -5,19 +5,28 @@ from pathlib import Path
 
 import click
 
-from ..convert.presets import FIT, MIX, PRESETS
 from . import cli
+
+
+class _PresetOption(click.Option):
+    """-t: its help lists the presets from their registry, imported only when the help is shown
+    (ggq.convert pulls in NumPy and Numba, which `ggq --help` must not)."""
+
+    def get_help_record(self, ctx):
+        from ..convert.presets import FIT, MIX, PRESETS
+
+        self.help = (f"{' '.join(p for p in PRESETS if not p.endswith((FIT, MIX)))} (default: keep for .gguf "
+                     f"input, else q4_k_m); *{FIT} keeps the bit budget on rows 256 does not divide "
+                     f"({' '.join(p for p in PRESETS if p.endswith(FIT))}); *{MIX} is ggq's mixture at "
+                     f"llama.cpp's size ({' '.join(p for p in PRESETS if p.endswith(MIX))}).")
+        return super().get_help_record(ctx)
 
 
 @cli.command()
 @click.argument("input", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output .ggq file (default: INPUT's name + .<preset>.ggq in the current folder).")
-@click.option("-t", "--type", "preset", default=None, metavar="PRESET",
-              help=f"{' '.join(p for p in PRESETS if not p.endswith((FIT, MIX)))} (default: keep for .gguf "
-                   f"input, else q4_k_m); *{FIT} keeps the bit budget on rows 256 does not divide "
-                   f"({' '.join(p for p in PRESETS if p.endswith(FIT))}); *{MIX} is ggq's mixture at llama.cpp's "
-                   f"size ({' '.join(p for p in PRESETS if p.endswith(MIX))}).")
+@click.option("-t", "--type", "preset", cls=_PresetOption, default=None, metavar="PRESET")
 @click.option("--override", "overrides", multiple=True, metavar="PATTERN=TYPE",
               help="Per-tensor type by fnmatch pattern, e.g. 'blk.*.ffn_down.weight=Q6_K' (repeatable, later wins).")
 @click.option("--imatrix", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,

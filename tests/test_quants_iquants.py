@@ -335,8 +335,9 @@ def _bpw(plan, shapes):
 def test_mix_presets_keep_llamacpp_size_and_change_nothing_that_fits():
     """*_mix presets: identical to the llama.cpp preset where no tensor falls back; on SmolLM2's
     576-wide rows a different mixture at llama.cpp's bits per weight (within 0.02), every rule's
-    type fitting its rows, and the tied embedding's rule leaving an untied token_embd alone."""
-    from ggq.convert.presets import MIX_RULES, plan_types
+    type fitting its rows, and the tied embedding's rule leaving an untied token_embd and
+    output.weight alone."""
+    from ggq.convert.presets import MIX_RULES, _mix_rule, plan_types
     wide = {n: (sh[0], 1024) if len(sh) == 2 else (1024,) for n, sh in _smollm2_shapes().items()}
     s = _smollm2_shapes()
     for p in MIX_RULES:
@@ -344,16 +345,20 @@ def test_mix_presets_keep_llamacpp_size_and_change_nothing_that_fits():
         mix, lc = _plan(p + "_mix", s), _plan(p, s)
         assert mix != lc, p
         assert abs(_bpw(mix, s) - _bpw(lc, s)) <= 0.02, (p, _bpw(mix, s), _bpw(lc, s))
-        for name, t in mix.items():
-            assert get_type(t).supports(s[name][-1]), (p, name, t)
+        for name in s:  # the rules' own types (before plan_types' fallback could mend them)
+            ruled = _mix_rule(MIX_RULES[p], name, "-", 30, True)
+            assert ruled == "-" or get_type(ruled).supports(s[name][-1]), (p, name, ruled)
     km, lc = _plan("q4_k_m_mix", s), _plan("q4_k_m", s)
     assert lc["token_embd.weight"] == "Q8_0" and km["token_embd.weight"] == "Q5_1"
     assert [km[f"blk.{i}.ffn_down.weight"] for i in range(30)] == ["Q6_K"] * 30
     assert km["blk.3.attn_v.weight"] == "Q8_0" and lc["blk.3.attn_v.weight"] == "Q5_0"
     assert km["blk.3.ffn_gate.weight"] == "Q5_0" and km["blk.29.ffn_gate.weight"] == "Q5_1"  # "ends"
-    untied = plan_types(s, "q4_k_m_mix", n_layers=30, n_head=9, n_head_kv=3, tied=False)
-    assert untied["token_embd.weight"] == plan_types(s, "q4_k_m", n_layers=30, n_head=9, n_head_kv=3,
-                                                     tied=False)["token_embd.weight"]
+    untied_shapes = {**s, "output.weight": (49152, 576)}
+    for p in MIX_RULES:  # the tied-embedding rule touches neither an untied embedding nor output
+        untied = plan_types(untied_shapes, p + "_mix", n_layers=30, n_head=9, n_head_kv=3, tied=False)
+        lc = plan_types(untied_shapes, p, n_layers=30, n_head=9, n_head_kv=3, tied=False)
+        assert untied["token_embd.weight"] == lc["token_embd.weight"], p
+        assert untied["output.weight"] == lc["output.weight"], p
 
 
 # --------------------------------------------------------------------------- end to end

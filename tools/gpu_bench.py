@@ -26,6 +26,7 @@ so a run cut short keeps what it measured).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -106,7 +107,11 @@ def measure(path: Path, device: str, n_prompt: int, n_gen: int, reps: int, ngl: 
     from ggq.torch_backend import Offload
     from ggq.torch_backend.ops import TorchOps
 
-    if device.startswith("cuda"):
+    base = 0
+    if device.startswith("cuda"):  # peak of this measurement alone: what earlier ones left is freed first
+        gc.collect()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     reader = GGQReader(path)
     offload = Offload(ngl, TorchOps(device, **ops_kw)) if ngl else None
@@ -137,9 +142,11 @@ def measure(path: Path, device: str, n_prompt: int, n_gen: int, reps: int, ngl: 
     out = {"ngl": ngl, "pp": statistics.median(pp), "tg": statistics.median(tg), "pp_all": pp, "tg_all": tg,
            "weights_mib": weights / 2**20, "file_mib": path.stat().st_size / 2**20}
     if device.startswith("cuda"):
-        out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    del model
+        out["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        out["held_before_mib"] = base / 2**20
+    del model, offload
     reader.close()
+    gc.collect()
     return out
 
 

@@ -32,7 +32,8 @@ def gpu_memory_line(model) -> str | None:
     mib = 1 << 20
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev)
-        dtype = str(getattr(ops[0], "prompt_dtype", "torch.float32")).removeprefix("torch.")
+        exact = any(getattr(m, "exact", False) for m in model.llama.matrices() if hasattr(m, "data"))
+        dtype = "float32" if exact else str(getattr(ops[0], "prompt_dtype", "torch.float32")).removeprefix("torch.")
         return (f"GPU memory ({dev}): peak {peak / mib:.1f} MiB allocated, of which quantized weights "
                 f"{weights / mib:.1f} MiB (file {model.file_size / mib:.1f} MiB); prompt matmuls in {dtype}")
     return f"torch on {dev}: quantized weights {weights / mib:.1f} MiB (file {model.file_size / mib:.1f} MiB)"

@@ -45,7 +45,9 @@ def _load(model, ctx, threads, no_mmap=False, then=None, n_gpu_layers=0, device=
     from ..api import load
     from ..jit_cache import numba_ready, numba_without_scipy
 
-    with numba_without_scipy(), _numba_without_yaml():  # this process is ours: spare Numba's imports
+    with numba_without_scipy():  # this process is ours: spare Numba's SciPy imports
+        with _numba_without_yaml():  # only while Numba itself imports: other libraries may want yaml
+            import numba  # noqa: F401
         m = load(model, n_ctx=ctx, threads=threads, log=_log, use_mmap=not no_mmap, n_gpu_layers=n_gpu_layers,
                  device=device)
         after = then(m) if then is not None else None
@@ -125,17 +127,26 @@ def _precompile(m, n_prompt):
     except AttributeError:  # pragma: no cover - no sched_getaffinity (macOS, Windows)
         if (os.cpu_count() or 1) < 2:
             return None
+    if _warm_cache(m):
+        return None
     try:
         from ..jit_cache import Precompiler
-        from ..kernels import uncached_matvecs
 
-        prompt, decode = _kernel_tasks(m.llama, 1)
-        if not uncached_matvecs([t[3:] for t in prompt + decode]):
-            return None  # warm cache
         prompt, decode = _kernel_tasks(m.llama, n_prompt())
         return Precompiler(prompt[::-1] + decode[::-1])
     except Exception:  # pragma: no cover - a model class without matrices(): no helper
         return None
+
+
+def _warm_cache(m) -> bool:
+    """Every weight kernel this model's run calls is in Numba's disk cache."""
+    try:
+        from ..kernels import uncached_matvecs
+
+        prompt, decode = _kernel_tasks(m.llama, 1)
+        return not uncached_matvecs([t[3:] for t in prompt + decode])
+    except Exception:  # pragma: no cover - a model class without matrices()
+        return False
 
 
 exact_option = click.option(
@@ -197,7 +208,8 @@ def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, 
                 helpers.append(_precompile(m, n_prompt))
             except Exception:  # a bad prompt: generate() below says what is wrong
                 return None
-            if helpers[-1] is None:  # warm cache: load the kernels here, once Numba is ready
+            if helpers[-1] is None and _warm_cache(m):  # load them here, once Numba is ready
+                # (a cold cache without a helper: one core or GGQ_PRECOMPILE=0, compiles on demand)
                 def load_kernels():
                     try:
                         _load_weight_kernels(m, n_prompt, decode=max_tokens != 1)

@@ -58,20 +58,20 @@ FIT = "_fit"  # suffix of the presets that keep the bit budget on rows 256 does 
 FIT_PRESETS = ("q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
 PRESETS.update({p + FIT: PRESETS[p] for p in FIT_PRESETS})
 MIX = "_mix"  # suffix of ggq's own mixtures at llama.cpp's size (see the module docstring)
-# preset -> rules (category, type, layers) applied over llama.cpp's mixture when some tensor of
+# preset -> rules (category, type, layers; "tied_embd": a token_embd tied to the output) applied over llama.cpp's mixture when some tensor of
 # that mixture falls back; layers: "all", "more" (use_more_bits), "mid" (not the first or last
 # eighth of the layers) or "ends" (the first and last eighth); later rules win.
 MIX_RULES: dict[str, tuple] = {
-    "q2_k": (("output", "Q5_1", "all"), ("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"),
+    "q2_k": (("tied_embd", "Q5_1", "all"), ("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"),
              ("ffn_down", "Q4_K", "all"), ("attn_q", "Q5_0", "all"), ("attn_output", "IQ4_NL", "all"),
              ("ffn_up", "IQ4_NL", "all"), ("ffn_up", "Q5_0", "ends"), ("ffn_gate", "IQ4_NL", "all")),
-    "q3_k_m": (("output", "Q5_1", "all"), ("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"),
+    "q3_k_m": (("tied_embd", "Q5_1", "all"), ("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"),
                ("ffn_down", "Q5_K", "all"), ("attn_q", "Q5_0", "all"), ("attn_output", "Q5_1", "all"),
                ("ffn_up", "IQ4_NL", "all"), ("ffn_up", "Q5_0", "ends"), ("ffn_gate", "IQ4_NL", "all")),
-    "q4_k_s": (("output", "Q5_1", "all"), ("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"),
+    "q4_k_s": (("tied_embd", "Q5_1", "all"), ("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"),
                ("ffn_down", "Q6_K", "all"), ("attn_q", "Q5_1", "all"), ("attn_output", "Q5_1", "all"),
                ("ffn_up", "Q5_1", "all"), ("ffn_gate", "IQ4_NL", "all")),
-    "q4_k_m": (("output", "Q5_1", "all"), ("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"),
+    "q4_k_m": (("tied_embd", "Q5_1", "all"), ("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"),
                ("ffn_down", "Q6_K", "all"), ("attn_q", "Q5_1", "all"), ("attn_output", "Q5_1", "all"),
                ("ffn_up", "Q5_1", "all"), ("ffn_gate", "Q5_1", "ends")),
     "q5_k_m": (("attn_v", "Q8_0", "all"), ("ffn_down", "Q6_K", "all"), ("attn_q", "Q5_0", "all"),
@@ -189,10 +189,12 @@ def _mixture(preset: str, name: str, cols: int, n_layers: int, n_gqa: int, tied:
 
 def _mix_rule(rules, name: str, t: str, n_layers: int, tied: bool) -> str:
     """The type MIX_RULES give tensor `name` (t: llama.cpp's choice, kept if no rule matches).
-    An "output" rule covers token_embd.weight when the embeddings are tied (the same matrix)."""
+    A "tied_embd" rule covers token_embd.weight when the embeddings are tied (the matrix that is
+    also the output's: what the rules were measured on); an untied output.weight keeps llama.cpp's
+    type."""
     cat = _category(name)
     if cat == "token_embd" and tied:
-        cat = "output"
+        cat = "tied_embd"
     m = _BLK.match(name)
     i = int(m.group(1)) if m else -1
     for rc, rt, layers in rules:

@@ -3,9 +3,12 @@
 Offloaded layers keep their weights quantized on the device: each matrix's GGML bytes are
 uploaded as they are (uint8 (rows, row_bytes)). One-token steps on CUDA multiply with the
 Triton kernels of ggq.torch_backend.triton_mv, which decode the blocks inside the product;
-batches (and every product on torch's CPU device) decode a tile of rows at a time with
-ggq.torch_backend.dequant and multiply it, so no float copy of a whole matrix ever exists.
-Activations, norms and the KV cache are float32; attention is
+batches (and every product on torch's CPU device) decode a tile of rows at a time (Triton's
+tile decode on CUDA, ggq.torch_backend.dequant elsewhere) and multiply it in the backend's
+prompt_dtype (float16 on CUDA; float32 for matrices set exact, and on torch's CPU device), so no
+float copy of a whole matrix ever exists. Activations, norms and the KV cache are float32; on
+CUDA the norms, activations, rope and one-token attention are fused Triton kernels
+(ggq.torch_backend.triton_fused); prompt attention is
 torch.nn.functional.scaled_dot_product_attention.
 
 One-token steps are "static" on CUDA: the position is a device tensor, attention runs over the
@@ -37,7 +40,7 @@ class TorchMatrix:
         if not supported(qtype.name.upper()):
             raise ModelError(f"{name}: type {qtype.name} has no torch dequantizer (keep it on the CPU: smaller -ngl)")
         self.name, self.qtype, self.rows, self.cols = name, qtype, int(rows), int(cols)
-        self.exact = False  # the torch products are always float32 (kept for set_exact)
+        self.exact = False  # set_exact: prompts multiply in float32 instead of ops.prompt_dtype
         self.raw = raw      # the host bytes (file view) it came from, for tools
         self.data = data
         self.ops = ops
@@ -65,7 +68,7 @@ class TorchMatrix:
         if x.shape[0] == 1 and self.ops.triton is not None and self.ops.triton.supported(self.qtype.name.upper()):
             return self.ops.triton.matvec(self.qtype.name.upper(), self.data, x, self.cols)
         # batches: tiles decoded to the prompt dtype (float16 on CUDA: the tensor cores), x likewise
-        dt = self.ops.prompt_dtype if x.shape[0] > 1 else torch.float32
+        dt = self.ops.prompt_dtype if x.shape[0] > 1 and not self.exact else torch.float32
         xt = x.to(dt)
         if self._tile_rows >= self.rows:
             return (xt @ self.dequantize(dtype=dt).T).float()
@@ -99,6 +102,7 @@ class TorchStacked:
     def __call__(self, x):
         if self.joint is None:
             return tuple(m(x) for m in self.mats)
+        self.joint.exact = self.mats[0].exact  # set_exact reaches the members
         y = self.joint(x)
         return tuple(y[:, r0:r1] for r0, r1 in self.spans)
 

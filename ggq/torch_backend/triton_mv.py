@@ -1,11 +1,14 @@
 """Triton kernels that decode GGML blocks: the matrix-vector product of one-token steps on CUDA,
 and the tile decode of prompt products (dequantize).
 
-y = W x for W uint8 (rows, row_bytes) as stored and x float32 (cols,): each program takes
-ROWS rows and walks the row in tiles of TILE elements; every element's code and its block's
-scales are read as bytes at their GGML offsets (spec/QUANTS-32.md, spec/QUANTS-K.md) and
-decoded with the float operations of ggq.torch_backend.dequant, then multiplied with x and
-summed in float32. One kernel, specialised per type by the constexpr KIND.
+y = W x for W uint8 (rows, row_bytes) as stored and x float32 (cols,), summed in float32; codes
+and scales are read as bytes at their GGML offsets (spec/QUANTS-32.md, spec/QUANTS-K.md).
+- Block-structured products (STRUCTURED: Q8_0, Q5_0, Q4_K, Q6_K, the types that carry most
+  weights): codes dotted with x per (sub-)block, each scale applied once.
+- _matvec, the other types: each program takes ROWS rows and walks them in tiles of TILE
+  elements, every element decoded with its scales by _decode (the float operations of
+  ggq.torch_backend.dequant), specialised per type by the constexpr KIND; _dequant writes the
+  same decode out as prompt tiles.
 
 Triton's interpreter (TRITON_INTERPRET=1) runs the same kernels on CPU tensors: the tests
 check them there on every machine that has triton, and on CUDA where there is a GPU.
@@ -56,15 +59,11 @@ def _decode(blk, j, KIND: tl.constexpr):
     elif KIND == 1:  # Q4_1: d, m, nibbles
         q = (_u8(blk, 4 + j % 16) >> (4 * (j // 16))) & 15
         return _f16(blk, 0) * q.to(tl.float32) + _f16(blk, 2)
-    elif KIND == 2:  # Q5_0: d, qh (bit j of a u32), nibbles
-        q = ((_u8(blk, 6 + j % 16) >> (4 * (j // 16))) & 15) | (((_u8(blk, 2 + j // 8) >> (j % 8)) & 1) << 4)
-        return _f16(blk, 0) * (q - 16).to(tl.float32)
+    elif KIND == 2 or KIND == 4:  # Q5_0, Q8_0: d times a signed code
+        return _f16(blk, 0) * _b32_codes(blk, j, KIND)
     elif KIND == 3:  # Q5_1: d, m, qh, nibbles
         q = ((_u8(blk, 8 + j % 16) >> (4 * (j // 16))) & 15) | (((_u8(blk, 4 + j // 8) >> (j % 8)) & 1) << 4)
         return _f16(blk, 0) * q.to(tl.float32) + _f16(blk, 2)
-    elif KIND == 4:  # Q8_0: d, 32 int8
-        q = tl.load(blk + 2 + j).to(tl.int8, bitcast=True).to(tl.float32)
-        return q * _f16(blk, 0)
     elif KIND == 5:  # Q2_K: scales[16] (low: scale, high: min), qs[64], d, dmin
         h = j // 128
         jj = j % 128
@@ -100,19 +99,14 @@ def _decode(blk, j, KIND: tl.constexpr):
         return (_f16(blk, 208) * sc) * ((lo | (hi << 4)) - 32).to(tl.float32)
     else:            # Q4_K (7), Q5_K (8): d, dmin, 12 bytes of 6-bit scales/mins, [qh[32]], qs[128]
         s = j // 32
-        lo4 = s < 4
-        a = _u8(blk, 4 + s % 4)          # scale bytes 0..3 (sub-blocks 0..3, top bits of 4..7)
-        b = _u8(blk, 8 + s % 4)          # min bytes 4..7
-        c = _u8(blk, 12 + s % 4)         # bytes 8..11: low nibble scale, high nibble min of 4..7
-        sc = tl.where(lo4, a & 63, (c & 15) | ((a >> 6) << 4))
-        mn = tl.where(lo4, b & 63, (c >> 4) | ((b >> 6) << 4))
+        sc, mn = _k4_scale_min(blk, s)
         if KIND == 7:
             q = (_u8(blk, 16 + (j // 64) * 32 + j % 32) >> (4 * (s % 2))) & 15
         else:
             q = ((_u8(blk, 48 + (j // 64) * 32 + j % 32) >> (4 * (s % 2))) & 15) \
                 | (((_u8(blk, 16 + j % 32) >> s) & 1) << 4)
-        dl = _f16(blk, 0) * sc.to(tl.float32)
-        ml = _f16(blk, 2) * mn.to(tl.float32)
+        dl = _f16(blk, 0) * sc
+        ml = _f16(blk, 2) * mn
         return dl * q.to(tl.float32) - ml
 
 
@@ -173,11 +167,11 @@ def _mv_b32(w, x, y, rows, nb, row_bytes, KIND: tl.constexpr, TS: tl.constexpr, 
 
 @triton.jit
 def _k4_scale_min(base, s):
-    """Q4_K/Q5_K 6-bit scale and min of sub-blocks s (a tensor) of the blocks at base."""
+    """Q4_K/Q5_K 6-bit scale and min (float32) of sub-blocks s (a tensor) of the blocks at base."""
     lo4 = s < 4
-    a = _u8(base, 4 + s % 4)
-    b = _u8(base, 8 + s % 4)
-    c = _u8(base, 12 + s % 4)
+    a = _u8(base, 4 + s % 4)   # scale bytes 0..3 (sub-blocks 0..3, top bits of 4..7)
+    b = _u8(base, 8 + s % 4)   # min bytes 0..3 (likewise)
+    c = _u8(base, 12 + s % 4)  # bytes 8..11: low nibble scale, high nibble min of sub-blocks 4..7
     sc = tl.where(lo4, a & 63, (c & 15) | ((a >> 6) << 4))
     mn = tl.where(lo4, b & 63, (c >> 4) | ((b >> 6) << 4))
     return sc.to(tl.float32), mn.to(tl.float32)

@@ -111,11 +111,11 @@ def _load_weight_kernels(m, n_prompt, decode: bool = True) -> int:
 
 
 def _precompile(m, n_prompt):
-    """On a cold Numba cache, a helper process compiling the weight kernels of this run (wait()
-    on it before the first decode step; n_prompt() gives the prompt's length), or None: one
-    core only, GGQ_PRECOMPILE=0, or the decode kernels already cached. The helper takes the prompt's kernels in the reverse order of
-    their first use while this process compiles them from the front (they meet in the middle),
-    then the decode step's; when this process is done with the prompt, it compiles the decode
+    """For a cold Numba cache (the caller has checked, _warm_cache), a helper process compiling
+    the weight kernels of this run (wait() on it before the first decode step; n_prompt() gives
+    the prompt's length), or None: one core only, or GGQ_PRECOMPILE=0. The helper takes the
+    prompt's kernels in the reverse order of their first use while this process compiles them
+    from the front (they meet in the middle), then the decode step's; when this process is done with the prompt, it compiles the decode
     kernels the helper has not started, from the other end (Precompiler.wait)."""
     import os
 
@@ -127,8 +127,6 @@ def _precompile(m, n_prompt):
     except AttributeError:  # pragma: no cover - no sched_getaffinity (macOS, Windows)
         if (os.cpu_count() or 1) < 2:
             return None
-    if _warm_cache(m):
-        return None
     try:
         from ..jit_cache import Precompiler
 
@@ -205,11 +203,12 @@ def run(model, prompt, prompt_file, max_tokens, ctx_size, threads, temperature, 
                 def n_prompt():
                     return len(m.prompt_ids(prompt, chat, system))
 
-                helpers.append(_precompile(m, n_prompt))
+                warm = _warm_cache(m)
+                helpers.append(None if warm else _precompile(m, n_prompt))
             except Exception:  # a bad prompt: generate() below says what is wrong
                 return None
-            if helpers[-1] is None and _warm_cache(m):  # load them here, once Numba is ready
-                # (a cold cache without a helper: one core or GGQ_PRECOMPILE=0, compiles on demand)
+            if warm:  # load them here, once Numba is ready (a cold cache without a helper
+                # process, one core or GGQ_PRECOMPILE=0, compiles on demand)
                 def load_kernels():
                     try:
                         _load_weight_kernels(m, n_prompt, decode=max_tokens != 1)

@@ -37,8 +37,7 @@ class TorchMatrix:
     __slots__ = ("name", "qtype", "rows", "cols", "exact", "raw", "data", "ops", "_tile_rows")
 
     def __init__(self, ops: "TorchOps", name, qtype, rows: int, cols: int, data: torch.Tensor, raw=None):
-        if not supported(qtype.name.upper()):
-            raise ModelError(f"{name}: type {qtype.name} has no torch dequantizer (keep it on the CPU: smaller -ngl)")
+        """data: bytes of a type the torch side decodes (upload() checks it before allocating)."""
         self.name, self.qtype, self.rows, self.cols = name, qtype, int(rows), int(cols)
         self.exact = False  # set_exact: prompts multiply in float32 instead of ops.prompt_dtype
         self.raw = raw      # the host bytes (file view) it came from, for tools
@@ -144,7 +143,6 @@ class TorchOps:
             raise ValueError(f"prompt_dtype must be one of {', '.join(PROMPT_DTYPES)} (got {prompt_dtype!r})")
         self.prompt_dtype = PROMPT_DTYPES[pd]
         self.name = f"torch:{self.device}"
-        self.description = f"torch on {self.device}, prompt matmuls in {pd}"
         self.tile_elements = TILE_ELEMENTS["cuda" if cuda else "cpu"]
         self.static = cuda if static is None else bool(static)
         self.graphs = (cuda and self.static) if graphs is None else bool(graphs)

@@ -26,7 +26,8 @@ def calibrated(tiny_hf_dir, tmp_path_factory):
     txt = d / "text.txt"
     txt.write_text(TEXT)
     out = d / "imatrix.gguf"
-    assert cli_main(["calibrate", str(f32), "-f", str(txt), "-o", str(out), "-c", "32", "--hessian"]) == 0
+    assert cli_main(["calibrate", str(f32), "-f", str(txt), "-o", str(out), "-c", "32", "--hessian",
+                     "--no-process-output"]) == 0  # llama-imatrix's default set of matrices
     return f32, txt, out
 
 
@@ -219,12 +220,13 @@ def test_every_quantizer_uses_the_importance(qt):
     assert weighted < 0.97 * plain, (qt.name, plain, weighted)
 
 
-def test_process_output_tied(calibrated, tmp_path):
-    """--process-output on a tied model: the output product's input under token_embd.weight,
-    the output norm's output (so its mean square per token is about that norm's weights')."""
+def test_process_output_tied(calibrated, tiny_hf_dir, tmp_path):
+    """The default (--process-output) on a tied model: the output product's input under
+    token_embd.weight, the output norm's output (so its mean square per token is about that
+    norm's weights')."""
     f32, txt, _ = calibrated
     out = tmp_path / "po.gguf"
-    assert cli_main(["calibrate", str(f32), "-f", str(txt), "-o", str(out), "-c", "32", "--process-output"]) == 0
+    assert cli_main(["calibrate", str(f32), "-f", str(txt), "-o", str(out), "-c", "32", "--hessian"]) == 0
     im = read_imatrix(out)
     assert "token_embd.weight" in im.sums and "output.weight" not in im.sums
     assert im.counts["token_embd.weight"].tolist() == im.counts["blk.0.attn_q.weight"].tolist()
@@ -235,3 +237,21 @@ def test_process_output_tied(calibrated, tmp_path):
     # rmsnorm output: each token's mean of (x/rms)^2 is 1, so sum_j w_j / g_j^2 / cols = 1
     w = im.weights("token_embd.weight").astype(np.float64)
     assert (w / (g * g)).mean() == pytest.approx(1.0, rel=1e-3)
+    # convert then runs GPTQ on the tied embedding too, which lowers the output product's error
+    # tr(D H D^T) on the recorded inputs against the plain search
+    from ggq.format import GGQReader as _R
+
+    files = {m: tmp_path / f"{m}.ggq" for m in ("gptq", "plain")}
+    convert_model(tiny_hf_dir, files["gptq"], preset="q4_0", imatrix=out, method="gptq", progress=False)
+    convert_model(tiny_hf_dir, files["plain"], preset="q4_0", progress=False)
+    with _R(files["gptq"]) as r:
+        assert json.loads(r.metadata["quantization.tensor_methods"])["token_embd.weight"]["method"] == "gptq"
+    with _R(f32) as r:
+        emb = r.dequantize("token_embd.weight").astype(np.float64)
+    h = im.hessian("token_embd.weight").astype(np.float64)
+
+    def out_err(path):
+        with _R(path) as r:
+            d = r.dequantize("token_embd.weight").astype(np.float64) - emb
+        return float(np.einsum("ij,jk,ik->", d, h, d))
+    assert out_err(files["gptq"]) < 0.9 * out_err(files["plain"])

@@ -332,6 +332,28 @@ def _bpw(plan, shapes):
     return tot / sum(np.prod(v) for v in shapes.values())
 
 
+def test_fit_presets_with_an_imatrix_respend_where_rows_fall_back():
+    """With an importance matrix, FIT_IMATRIX_RULES re-spend a *_fit preset's budget where rows
+    fall back: SmolLM2's q4_k_m_fit at most 5.0 bits per weight (the issue's really-4-bit file)
+    with attn_v/attn_k Q8_0 and ffn_down IQ4_XS; without an imatrix, or where every row fits,
+    nothing changes."""
+    from ggq.convert.presets import FIT_IMATRIX_RULES
+    wide = {n: (sh[0], 1024) if len(sh) == 2 else (1024,) for n, sh in _smollm2_shapes().items()}
+    s = _smollm2_shapes()
+    for p in FIT_IMATRIX_RULES:
+        assert _plan(p + "_fit", wide, has_imatrix=True) == _plan(p, wide, has_imatrix=True), p
+        ruled, plain = _plan(p + "_fit", s, has_imatrix=True), _plan(p + "_fit", s)
+        assert ruled != plain and abs(_bpw(ruled, s) - _bpw(plain, s)) < 0.07, p
+        assert all(get_type(t).supports(s[n][-1]) for n, t in ruled.items()), p
+    km = _plan("q4_k_m_fit", s, has_imatrix=True)
+    assert _bpw(km, s) <= 5.0 < _bpw(_plan("q4_k_m_fit", s), s)
+    assert {km[f"blk.{i}.{c}.weight"] for i in range(30) for c in ("attn_v", "attn_k")} == {"Q8_0"}
+    assert {km[f"blk.{i}.ffn_down.weight"] for i in range(30)} == {"IQ4_XS"}
+    assert km["token_embd.weight"] == "Q5_1" and km["blk.3.attn_q.weight"] == "IQ4_NL"
+    assert _plan("q4_k_m_fit", s)["blk.0.attn_v.weight"] == "Q5_1"  # no imatrix: the plain fit recipe
+    assert _plan("q4_k_s_fit", s, has_imatrix=True)["token_embd.weight"] == "IQ4_NL"
+
+
 def test_mix_presets_keep_llamacpp_size_and_change_nothing_that_fits():
     """*_mix presets: identical to the llama.cpp preset where no tensor falls back; on SmolLM2's
     576-wide rows a different mixture at llama.cpp's bits per weight (within 0.02), every rule's

@@ -40,8 +40,12 @@ LLAMA_FTYPE = {"q8_0": "Q8_0", "q6_k": "Q6_K", "q5_k_m": "Q5_K_M", "q5_k_s": "Q5
 
 def llama_preset(p: str) -> str:
     """The llama.cpp preset a ggq preset is compared with: a *_mix preset (ggq's mixture at
-    llama.cpp's size) against the llama.cpp preset of the same name."""
-    return p[:-len("_mix")] if p.endswith("_mix") else p
+    llama.cpp's size) or a *_fit preset (ggq's, at the budget the name asks for) against the
+    llama.cpp preset of the same name."""
+    for suffix in ("_mix", "_fit"):
+        if p.endswith(suffix):
+            return p[:-len(suffix)]
+    return p
 
 
 def log(msg: str) -> None:

@@ -20,8 +20,10 @@ from .run import _load, _log
               help="Output importance matrix (llama.cpp's imatrix GGUF; llama-quantize --imatrix reads it).")
 @click.option("-c", "--ctx-size", default=512, show_default=True, type=int, help="Chunk length in tokens.")
 @click.option("--chunks", type=int, help="Use only the first N chunks.")
-@click.option("--process-output", is_flag=True, help="Also record the output product's input (llama-imatrix --process-output), under "
-                   "output.weight, or token_embd.weight when the embeddings are tied (ggq only).")
+@click.option("--process-output/--no-process-output", default=True, show_default=True,
+              help="Also record the output product's input, under output.weight, or token_embd.weight when the "
+                   "embeddings are tied (ggq only). llama-imatrix records it only with --process-output; ggq does "
+                   "by default because GPTQ on the output matrix pays (docs/quality.md).")
 @click.option("--hessian", is_flag=True,
               help="Also store each input's full X^T X (tensors <name>.in_cov, which llama.cpp skips) for "
                    "`ggq convert --method gptq`. Large: cols^2 x 4 bytes per matrix.")

@@ -21,6 +21,12 @@
   per weight, q4_k_m_fit 5.03, q4_k_s_fit 4.85. Measured on its off-grid variant (KLD against the
   float model, 8 x 512 tokens of held-out text), the 576-wide rows as IQ4_NL gave KLD 0.156,
   as Q4_0 (same 4.5 bpw) 0.177, as Q4_1 (5.0 bpw) 0.131, as llama.cpp's Q5_0 (5.5 bpw) 0.065.
+  With an importance matrix, where some tensor falls back, FIT_IMATRIX_RULES also re-spend the
+  budget (same mechanism as MIX_RULES below): the IQ4 types and GPTQ are at their best with
+  calibration data, and the tiny attn_v/attn_k buy the most per bit. SmolLM2 off-grid, gptq,
+  development text: q4_k_m_fit 4.97 bpw KLD 0.0453 (llama.cpp's 6.17-bpw q4_k_m: 0.0627
+  without an imatrix), q4_k_s_fit 4.85 bpw 0.0489 (0.0662 without the rules). Without an
+  importance matrix the same q4_k_m_fit mixture scored 0.150: the rules need the data.
 - *_mix presets ("ggq's mixture at llama.cpp's size"): identical to the llama.cpp preset of the
   same name where no tensor falls back (every row a multiple of its type's block); where some do,
   llama.cpp's fallbacks spend bits where they buy little (SmolLM2: every 576-wide matrix one
@@ -79,6 +85,13 @@ MIX_RULES: dict[str, tuple] = {
     "q6_k": (("ffn_down", "Q8_0", "all"), ("ffn_gate", "Q5_1", "mid")),
 }
 PRESETS.update({p + MIX: PRESETS[p] for p in MIX_RULES})
+# *_fit preset -> rules applied with an importance matrix when some tensor of it falls back
+# (measured with --method gptq and the output product's statistics; see the module docstring)
+FIT_IMATRIX_RULES: dict[str, tuple] = {
+    "q4_k_m": (("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"), ("ffn_down", "IQ4_XS", "all")),
+    "q4_k_s": (("tied_embd", "IQ4_NL", "all"), ("attn_v", "Q8_0", "all"), ("attn_k", "Q8_0", "all"),
+               ("ffn_down", "IQ4_XS", "all"), ("ffn_up", "Q5_0", "all")),
+}
 FLOAT_TYPES = ("F32", "F16", "BF16")
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
             "IQ4_XS": "IQ4_NL"}
@@ -188,7 +201,8 @@ def _mixture(preset: str, name: str, cols: int, n_layers: int, n_gqa: int, tied:
 
 
 def _mix_rule(rules, name: str, t: str, n_layers: int, tied: bool) -> str:
-    """The type MIX_RULES give tensor `name` (t: llama.cpp's choice, kept if no rule matches).
+    """The type rules (MIX_RULES or FIT_IMATRIX_RULES) give tensor `name` (t: the recipe's choice,
+    kept if no rule matches).
     A "tied_embd" rule covers token_embd.weight when the embeddings are tied (the matrix that is
     also the output's: what the rules were measured on); an untied output.weight keeps llama.cpp's
     type."""
@@ -221,11 +235,14 @@ def plan_types(shapes: dict[str, tuple[int, ...]], preset: str, *, n_layers: int
         raise ConvertError("preset 'keep' needs a source with typed tensors")
     n_gqa = max(1, n_head // max(1, n_head_kv))
     rules = ()
+    table = MIX_RULES if preset.endswith(MIX) else FIT_IMATRIX_RULES if fit and has_imatrix else {}
     if preset.endswith(MIX):
         preset = preset[:-len(MIX)]
+    if table.get(preset.removesuffix(FIT)):
         mats = [(n, int(sh[-1])) for n, sh in shapes.items() if len(sh) >= 2 and not n.endswith("_norm.weight")]
-        if any(not get_type(_mixture(preset, n, c, n_layers, n_gqa, tied, has_imatrix)).supports(c) for n, c in mats):
-            rules = MIX_RULES[preset]
+        llama = preset.removesuffix(FIT)  # fallbacks judged on llama.cpp's recipe, as for *_mix
+        if any(not get_type(_mixture(llama, n, c, n_layers, n_gqa, tied, has_imatrix)).supports(c) for n, c in mats):
+            rules = table[llama]
     out: dict[str, str] = {}
     used = [False] * len(ovs)
     for name, shape in shapes.items():

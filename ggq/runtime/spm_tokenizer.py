@@ -39,15 +39,16 @@ import numpy as np
 FORMAT = 2
 SPACE = "\u2581"
 _ALIGN = 64
-# A cheap test on the raw JSON before parsing it (a parse of Gemma 3's costs ~0.5 s and ~200 MB
-# once): every handled tokenizer has a ByteFallback decoder; a byte-level one (SmolLM2) has none.
-_MARKER = b'"ByteFallback"'
 _ARRAYS = (("blob", np.uint8), ("offsets", np.int64), ("order", np.int32),
            ("merge_keys", np.int64), ("merge_rank", np.int32), ("merge_new", np.int32))
 
 
 def might_apply(js: bytes) -> bool:
-    return _MARKER in js
+    """A cheap test on the raw JSON before parsing it (a parse of Gemma 3's costs ~0.5 s and
+    ~200 MB, once): see ggq.runtime.tokenizer.COMPACT_MARKER."""
+    from .tokenizer import COMPACT_MARKER
+
+    return COMPACT_MARKER in js
 
 
 def cache_key(js: bytes) -> str:
@@ -96,21 +97,13 @@ def shape_problem(tj: dict) -> str | None:
 
 
 def build_tables(tj: dict) -> tuple[dict, dict]:
-    """(header, arrays) of a tokenizer.json of the handled shape (shape_problem(tj) is None)."""
+    """(header, arrays) of a tokenizer.json of the handled shape (shape_problem(tj) is None).
+    Takes tj's merges list out of it (freed as soon as the table is made)."""
     m = tj["model"]
     vocab: dict = m["vocab"]
     V = len(vocab)
-    tokens = [""] * V
-    for t, i in vocab.items():
-        tokens[i] = t
-    enc = [t.encode("utf-8") for t in tokens]
-    lens = np.fromiter((len(b) for b in enc), dtype=np.int64, count=V)
-    offsets = np.zeros(V + 1, dtype=np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    blob = np.frombuffer(b"".join(enc), dtype=np.uint8)
-    order = np.array(sorted(range(V), key=enc.__getitem__), dtype=np.int32)
     # merges as `tokenizers` builds them: rank = list index, a pair listed twice keeps its last rank
-    merges = m["merges"]
+    merges = m.pop("merges")  # freed below, before the vocabulary's arrays: the first run's peak
     M = len(merges)
     keys = np.empty(M, dtype=np.int64)
     new = np.empty(M, dtype=np.int32)
@@ -121,9 +114,19 @@ def build_tables(tj: dict) -> tuple[dict, dict]:
             raise ValueError(f"merge {a!r} {b!r}: a part or the result is not in the vocabulary")
         keys[rank] = (ia << 32) | ib
         new[rank] = n
+    del merges
     # the last occurrence of each pair: the first in reversed order
     keys_sorted, first_rev = np.unique(keys[::-1], return_index=True)
     rank = (M - 1 - first_rev).astype(np.int32)
+    tokens = [""] * V
+    for t, i in vocab.items():
+        tokens[i] = t
+    enc = [t.encode("utf-8") for t in tokens]
+    lens = np.fromiter((len(b) for b in enc), dtype=np.int64, count=V)
+    offsets = np.zeros(V + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    blob = np.frombuffer(b"".join(enc), dtype=np.uint8)
+    order = np.array(sorted(range(V), key=enc.__getitem__), dtype=np.int32)
     added = [[a["content"], int(a["id"]), bool(a.get("special"))] for a in tj.get("added_tokens") or []]
     header = {
         "format": FORMAT,

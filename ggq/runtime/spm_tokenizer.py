@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -177,20 +177,21 @@ def load(path: Path) -> "SPMTokenizer | None":
         head = json.loads(line)
         if head.get("format") != FORMAT:
             return None
-        size = os.path.getsize(path)
         start = -(-len(line) // _ALIGN) * _ALIGN
-        mm = np.memmap(path, dtype=np.uint8, mode="r")
+        with open(path, "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        size = len(mm)
         arrays = {}
         for name, dt in _ARRAYS:
             off, n = head["arrays"][name]
             dt = np.dtype(dt).newbyteorder("<")
             if n < 0 or start + off + n * dt.itemsize > size:
                 return None
-            arrays[name] = mm[start + off:start + off + n * dt.itemsize].view(dt)
+            arrays[name] = np.frombuffer(mm, dtype=dt, count=n, offset=start + off)
         V = head["vocab_size"]
         if arrays["offsets"].shape[0] != V + 1 or arrays["order"].shape[0] != V:
             return None
-        return SPMTokenizer(head, arrays)
+        return SPMTokenizer(head, arrays, mm)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -241,7 +242,8 @@ def load_or_build(js: bytes, cache_dir) -> "SPMTokenizer | None":
 class SPMTokenizer:
     """encode / decode / token_to_id / id_to_token with `tokenizers`' results (module docstring)."""
 
-    def __init__(self, header: dict, arrays: dict):
+    def __init__(self, header: dict, arrays: dict, mapped: mmap.mmap | None = None):
+        self._mapped = mapped  # the cache file's map the arrays view (None: arrays in memory)
         self.n = int(header["vocab_size"])
         self.unk = header.get("unk")
         self.prepend = bool(header.get("prepend"))
@@ -261,6 +263,17 @@ class SPMTokenizer:
         self._first = first
         self._byte_ids = [int(i) for i in header["byte_ids"]]
         self._pieces: dict = {}  # id -> (byte value or -1, text) after the decoder's Replace
+
+    def release_pages(self) -> None:
+        """Drop the cache file's pages from this process's resident set (they stay in the page
+        cache; what is read again faults back in). A lookup's binary search touches a few pages
+        and the kernel maps the 64 KiB around each, so an encode leaves most of the file mapped:
+        Tokenizer calls this after its lookups and each encode."""
+        if self._mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                self._mapped.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
 
     # -- vocabulary ------------------------------------------------------------------------------
     def _bytes(self, i: int) -> bytes:

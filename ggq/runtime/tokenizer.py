@@ -180,7 +180,13 @@ class Tokenizer:
         specials = set()
         if isinstance(getattr(tok, "special_ids", None), frozenset):  # spm_tokenizer.SPMTokenizer
             specials = set(tok.special_ids)
-            self._encode_ids = tok.encode
+            def encode_ids(text):
+                try:
+                    return tok.encode(text)
+                finally:
+                    tok.release_pages()
+
+            self._encode_ids = encode_ids
         else:
             try:
                 specials = {int(k) for k, t in tok.get_added_tokens_decoder().items() if t.special}
@@ -202,6 +208,7 @@ class Tokenizer:
 
         if template is None and is_special("<start_of_turn>") and is_special("<end_of_turn>"):
             template, template_source = GEMMA_CHAT_TEMPLATE, "gemma (built-in)"
+        getattr(tok, "release_pages", lambda: None)()  # spm_tokenizer: the lookups' pages
         self._state = (tok, tok.get_vocab_size(with_added_tokens=True), special_ids, frozenset(eog),
                        template, template_source)
         return self._state

@@ -804,9 +804,8 @@ def main(files, threads, pp, tg, rounds, reps, skip, models_dir, llama_bench, bu
     if "rss" not in skip_set:
         rss = res["rss"] = {}
         for n, (g, f) in paths.items():
-            # one warm-up run each first: page cache, Numba's kernel cache and ggq's tokenizer
-            # cache (a Gemma 3 vocabulary's first run builds it: runtime.spm_tokenizer) as a
-            # user's second run finds them; the first-run peak is not what this table compares
+            # one warm-up run each first: page cache and Numba's kernel cache as a user's second
+            # run finds them; the first-run peak is not what this table compares
             ggq_run(g, threads, 16, START_PROMPT, ctx=ctx)
             ours = ggq_run(g, threads, 16, START_PROMPT, ctx=ctx)
             cmd = llama_generate_cmd(bin_dir, f, START_PROMPT, 16, threads, ctx) if bin_dir else None

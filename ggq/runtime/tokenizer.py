@@ -6,7 +6,6 @@ template is rendered with jinja2 the way transformers' apply_chat_template does.
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
 
 from ..errors import GGQError, TokenizerError, UsageError
@@ -88,40 +87,11 @@ def release_free_heap() -> None:
 
 _malloc_trim = None
 
-# A tokenizer JSON at least this long, of the SentencePiece shape ggq.runtime.spm_tokenizer
-# reproduces (Gemma 3's: 16 MB), is tokenized from that module's cached arrays instead of a
-# `tokenizers` object (~100 MB resident, ~320 MB while it parses, for Gemma 3). Below it the
-# object is small and nothing pays. GGQ_COMPACT_TOKENIZER=0 always uses `tokenizers`.
-COMPACT_MIN_BYTES = 1 << 20
-# Every tokenizer of that shape has a ByteFallback decoder; a byte-level one (SmolLM2) has none:
-# a byte search (~0.2 ms for 2 MB) spares the others even the import of that module.
-COMPACT_MARKER = b'"ByteFallback"'
-
-
-def _compact(js):
-    """The compact tokenizer of this JSON (ggq.runtime.spm_tokenizer), or None: too small, not
-    of its shape, switched off, or anything failed there (`tokenizers` then builds it and says
-    what is wrong with it, if anything)."""
-    if os.environ.get("GGQ_COMPACT_TOKENIZER", "1") == "0" or len(js) < COMPACT_MIN_BYTES:
-        return None
-    raw = js if isinstance(js, bytes) else js.encode("utf-8")
-    if COMPACT_MARKER not in raw:
-        return None
-    try:
-        from ..default_model import cache_dir
-        from .spm_tokenizer import load_or_build
-
-        try:
-            folder = cache_dir()
-        except OSError:  # no writable cache: built in memory each time
-            folder = None
-        return load_or_build(raw, folder)
-    except Exception:  # noqa: BLE001 - `tokenizers` is the reference: fall back to it
-        return None
-
 
 class Tokenizer:
     def __init__(self, metadata: dict, source: str = "model"):
+        from tokenizers import Tokenizer as HFTokenizer
+
         key = "tokenizer.huggingface.json"
         # a .ggq reader's metadata gives the JSON's UTF-8 bytes as stored: no str of it is made
         # (4 bytes a character for a vocabulary with characters beyond U+FFFF)
@@ -145,12 +115,8 @@ class Tokenizer:
 
         def build():
             try:
-                tok = _compact(js)
-                if tok is None:
-                    from tokenizers import Tokenizer as HFTokenizer
-
-                    tok = HFTokenizer.from_buffer(js) if isinstance(js, bytes) else HFTokenizer.from_str(js)
-                self._built.append(tok)
+                self._built.append(HFTokenizer.from_buffer(js) if isinstance(js, bytes)
+                                   else HFTokenizer.from_str(js))
             except Exception as e:  # noqa: BLE001 - reported at first use
                 self._built.append(e)
             if len(js) >= BACKGROUND_MIN_CHARS:
@@ -178,21 +144,10 @@ class Tokenizer:
             raise TokenizerError(f"{self.source}: embedded tokenizer is unusable: {msg}") from None
         tok = got
         specials = set()
-        if isinstance(getattr(tok, "special_ids", None), frozenset):  # spm_tokenizer.SPMTokenizer
-            specials = set(tok.special_ids)
-            def encode_ids(text):
-                try:
-                    return tok.encode(text)
-                finally:
-                    tok.release_pages()
-
-            self._encode_ids = encode_ids
-        else:
-            try:
-                specials = {int(k) for k, t in tok.get_added_tokens_decoder().items() if t.special}
-            except AttributeError:
-                pass
-            self._encode_ids = lambda text: tok.encode(text, add_special_tokens=False).ids
+        try:
+            specials = {int(k) for k, t in tok.get_added_tokens_decoder().items() if t.special}
+        except AttributeError:
+            pass
         special_ids = frozenset(specials)
         eog = {self.eos_id} if self.eos_id is not None else set()
         for text in _EOG_TEXTS:
@@ -208,7 +163,6 @@ class Tokenizer:
 
         if template is None and is_special("<start_of_turn>") and is_special("<end_of_turn>"):
             template, template_source = GEMMA_CHAT_TEMPLATE, "gemma (built-in)"
-        getattr(tok, "release_pages", lambda: None)()  # spm_tokenizer: the lookups' pages
         self._state = (tok, tok.get_vocab_size(with_added_tokens=True), special_ids, frozenset(eog),
                        template, template_source)
         return self._state
@@ -216,11 +170,6 @@ class Tokenizer:
     @property
     def _tok(self):
         return self._ready()[0]
-
-    @property
-    def compact(self) -> bool:
-        """True when ggq.runtime.spm_tokenizer tokenizes (not a `tokenizers` object)."""
-        return isinstance(getattr(self._tok, "special_ids", None), frozenset)
 
     @property
     def vocab_size(self) -> int:
@@ -252,8 +201,7 @@ class Tokenizer:
         model asks for it (add_bos None) or when add_bos is True."""
         if not isinstance(text, str):
             raise UsageError("text to encode must be a string")
-        self._ready()
-        ids = self._encode_ids(text)
+        ids = self._tok.encode(text, add_special_tokens=False).ids
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids = [self.bos_id] + ids
         return ids

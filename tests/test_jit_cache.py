@@ -54,3 +54,44 @@ def test_ggq_kernels_are_stamped():
     assert dirs
     from pathlib import Path
     assert all((Path(d) / "ggq-kernels.stamp").exists() for d in dirs)
+
+
+_STEP = '''
+import sys, numpy as np
+from ggq.models import base
+rng = np.random.default_rng(0)
+H, KV, D, T0 = 4, 2, 64, 40
+cos, sin = (rng.standard_normal((1, D // 2)).astype(np.float32) for _ in range(2))
+q = rng.standard_normal((1, H * D)).astype(np.float32)
+k, v = (rng.standard_normal((1, KV * D)).astype(np.float32) for _ in range(2))
+ck, cv = (rng.standard_normal((KV, 64, D)).astype(np.float32) for _ in range(2))
+if sys.argv[1] == "helpers":  # what a prompt-only command leaves in the cache
+    base.rope_inplace(q.copy(), cos, sin, H, D)
+    base.store_kv(ck.copy(), cv.copy(), k, v, T0, KV, D)
+else:
+    out = base.rope_store_attend(q, k, v, cos, sin, ck, cv, T0, H, KV, D, np.float32(0.125))
+    np.save(sys.argv[2], out)
+'''
+
+
+def test_fused_decode_step_is_the_same_whatever_filled_the_cache(tmp_path):
+    """rope_store_attend (fastmath) gives the same bits whether its helpers were compiled in
+    the same process or loaded from the disk cache by an earlier command (they are inlined)."""
+    import os
+    import subprocess
+
+    import numpy as np
+
+    script = tmp_path / "step.py"
+    script.write_text(_STEP)
+    root = Path(__file__).resolve().parents[1]
+
+    def run(cache, *args):
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / cache), "NUMBA_NUM_THREADS": "1",
+               "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        subprocess.run([sys.executable, str(script), *args], env=env, check=True, cwd=tmp_path)
+
+    run("a", "helpers")
+    run("a", "step", str(tmp_path / "a.npy"))   # helpers from the cache
+    run("b", "step", str(tmp_path / "b.npy"))   # everything compiled here
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))

@@ -178,7 +178,11 @@ def gelu_tanh_mul(g, u):
     return t
 
 
-@njit(cache=True)
+# inline="always" (Numba IR, before LLVM) for this and store_kv: rope_store_attend is built with
+# fastmath, and a callee linked in as machine code (loaded from the disk cache) escapes its flags
+# while one compiled in the same process takes them: the same step gave other bits depending on
+# which command filled the cache first. Inlined, every build compiles the same code.
+@njit(cache=True, inline="always")
 def rope_inplace(x, cos, sin, n_heads, head_dim):
     """x: (n, n_heads*head_dim); row i uses cos[i], sin[i]. Split-half pairs (j, j + half)."""
     half = head_dim // 2
@@ -192,7 +196,7 @@ def rope_inplace(x, cos, sin, n_heads, head_dim):
                 x[i, b + j + half] = c * cos[i, j] + a * sin[i, j]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def store_kv(cache_k, cache_v, k, v, start, n_kv_heads, head_dim):
     """cache (kv_heads, ctx, head_dim) <- k, v (n, kv_heads*head_dim) at positions start.."""
     for i in range(k.shape[0]):

@@ -103,7 +103,7 @@ def _load_weight_kernels(m, n_prompt, decode: bool = True) -> int:
         th.start()
     prompt, _ = _kernel_tasks(m.llama, n_prompt())
     load([t for t in prompt if t not in mv] if decode else prompt)
-    _load_small_kernels(m.llama, str(m.metadata.get("general.architecture", "")))
+    _load_small_kernels(m.llama)
     if th is not None:
         th.join()
     if any(d != "cpu" for d in getattr(m.llama, "devices", ("cpu",))):
@@ -111,40 +111,18 @@ def _load_weight_kernels(m, n_prompt, decode: bool = True) -> int:
     return drop_clean_library_pages("libllvmlite")
 
 
-def _load_small_kernels(llama, arch: str) -> None:
-    """The small kernels of the CPU backend (models.base.CpuOps: norms, the gated activation's
-    one-row loop, the decode step's attention), called on tiny zero arrays of the types a
-    forward pass gives them (float32 C rows, Python ints, float eps, float32 scale): loaded
-    here, with the weight kernels, rather than in the prompt and the first decode step, so that
-    the ~11 MB of LLVM's pages their loading touches leave with the others (runtime.resident)
-    and the first decode step loads nothing. A backend without these calls, or any failure:
-    nothing done, the forward pass loads them as before. (The list mirrors CpuOps; a method
-    there that listed its own warm-up calls would keep it in one place.)"""
+def _load_small_kernels(llama) -> None:
+    """The CPU backend's small kernels (CpuOps.warm: norms, the gated activation, the decode
+    step's attention), loaded here with the weight kernels rather than in the prompt and the
+    first decode step, so that the ~11 MB of LLVM's pages their loading touches leave with the
+    others (runtime.resident). A backend without them, or any failure: nothing done, the
+    forward pass loads them as before."""
     layers = getattr(llama, "layers", None) or []
     ops = getattr(layers[0], "ops", None) if layers else None
-    if ops is None or any(getattr(L, "ops", None) is not ops for L in layers):
+    if ops is None or not hasattr(ops, "warm") or any(getattr(L, "ops", None) is not ops for L in layers):
         return
     try:
-        import numpy as np
-
-        d = 8
-        x, y, g, u = (np.zeros((1, d), np.float32) for _ in range(4))
-        w = np.ones(d, np.float32)
-        ops.rmsnorm(x, w, 1e-6)
-        ops.add_rmsnorm(x, y, w, 1e-6)
-        if arch == "gemma3":  # GeGLU (models.gemma3); the llama family's SwiGLU otherwise
-            ops.gelu_tanh_mul(g, u)
-        else:
-            ops.silu_mul(g, u)
-        # CpuOps.attend's one-call decode attention (and a short prompt's), on one head of
-        # width 2 over a 4-position cache: shapes it accepts, so nothing is read out of bounds
-        from ..models.base import rope_store_attend, rope_store_attend_par
-
-        q, k, v = (np.zeros((1, 2), np.float32) for _ in range(3))
-        cos, sin = np.ones((1, 1), np.float32), np.zeros((1, 1), np.float32)
-        for attend in (rope_store_attend, rope_store_attend_par):
-            attend(q, k, v, cos, sin, np.zeros((1, 4, 2), np.float32), np.zeros((1, 4, 2), np.float32),
-                   0, 1, 1, 2, np.float32(1.0), 0)
+        ops.warm(llama.GATED_ACTIVATION)
     except Exception:  # noqa: BLE001 - the forward pass loads (or compiles) them and says what is wrong
         pass
 

@@ -577,6 +577,26 @@ class CpuOps:
         return np.asarray(x, dtype=np.float32)
 
     @staticmethod
+    def warm(gated: str) -> None:
+        """Load (from the disk cache, or compile) the small kernels a forward pass calls here, on
+        tiny zero arrays of the types it gives them (float32 C rows, ints, float eps, float32
+        scale): the norms, the gated activation `gated` (the model's GATED_ACTIVATION), the
+        decode step's attention. `ggq run` calls it with the weight kernels so that LLVM's pages
+        their loading touches are dropped with the others (runtime.resident) and the first
+        decode step loads nothing."""
+        d = 8
+        x, y, g, u = (np.zeros((1, d), np.float32) for _ in range(4))
+        w = np.ones(d, np.float32)
+        rmsnorm(x, w, 1e-6)
+        add_rmsnorm(x, y, w, 1e-6, NO_NORM)
+        {"silu_mul": silu_mul, "gelu_tanh_mul": gelu_tanh_mul}[gated](g, u)
+        q, k, v = (np.zeros((1, 2), np.float32) for _ in range(3))  # one head of width 2, 4 positions
+        cos, sin = np.ones((1, 1), np.float32), np.zeros((1, 1), np.float32)
+        for attend in (rope_store_attend, rope_store_attend_par):
+            attend(q, k, v, cos, sin, np.zeros((1, 4, 2), np.float32), np.zeros((1, 4, 2), np.float32),
+                   0, 1, 1, 2, np.float32(1.0), 0)
+
+    @staticmethod
     def rmsnorm(x, w, eps):
         return rmsnorm(x, w, eps)
 

@@ -144,6 +144,7 @@ class Gemma3(DecoderModel):
     MATRIX_FIELDS = ("wq", "wk", "wv", "wo", "gate", "up", "down")
     VECTOR_FIELDS = ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm", "post_ffw_norm")
     STACKS = {"qkv": ("wq", "wk", "wv"), "gate_up": ("gate", "up")}  # one call each
+    GATED_ACTIVATION = "gelu_tanh_mul"  # the ops method layer() calls (CpuOps.warm loads it)
 
     def __init__(self, reader, n_ctx: int | None = None, source: str = "model", use_mmap: bool = True,
                  offload=None):

@@ -90,6 +90,7 @@ class Llama(DecoderModel):
     MATRIX_FIELDS = ("wq", "wk", "wv", "wo", "gate", "up", "down")
     VECTOR_FIELDS = ("attn_norm", "ffn_norm")
     STACKS = {"qkv": ("wq", "wk", "wv"), "gate_up": ("gate", "up")}  # one call each
+    GATED_ACTIVATION = "silu_mul"  # the ops method layer() calls (CpuOps.warm loads it)
 
     def __init__(self, reader, n_ctx: int | None = None, source: str = "model", use_mmap: bool = True,
                  offload=None):

@@ -239,19 +239,17 @@ def test_process_output_tied(calibrated, tiny_hf_dir, tmp_path):
     assert (w / (g * g)).mean() == pytest.approx(1.0, rel=1e-3)
     # convert then runs GPTQ on the tied embedding too, which lowers the output product's error
     # tr(D H D^T) on the recorded inputs against the plain search
-    from ggq.format import GGQReader as _R
-
     files = {m: tmp_path / f"{m}.ggq" for m in ("gptq", "plain")}
     convert_model(tiny_hf_dir, files["gptq"], preset="q4_0", imatrix=out, method="gptq", progress=False)
     convert_model(tiny_hf_dir, files["plain"], preset="q4_0", progress=False)
-    with _R(files["gptq"]) as r:
+    with GGQReader(files["gptq"]) as r:
         assert json.loads(r.metadata["quantization.tensor_methods"])["token_embd.weight"]["method"] == "gptq"
-    with _R(f32) as r:
+    with GGQReader(f32) as r:
         emb = r.dequantize("token_embd.weight").astype(np.float64)
     h = im.hessian("token_embd.weight").astype(np.float64)
 
     def out_err(path):
-        with _R(path) as r:
+        with GGQReader(path) as r:
             d = r.dequantize("token_embd.weight").astype(np.float64) - emb
         return float(np.einsum("ij,jk,ik->", d, h, d))
     assert out_err(files["gptq"]) < 0.9 * out_err(files["plain"])

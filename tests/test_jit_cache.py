@@ -69,14 +69,15 @@ if sys.argv[1] == "helpers":  # what a prompt-only command leaves in the cache
     base.rope_inplace(q.copy(), cos, sin, H, D)
     base.store_kv(ck.copy(), cv.copy(), k, v, T0, KV, D)
 else:
-    out = base.rope_store_attend(q, k, v, cos, sin, ck, cv, T0, H, KV, D, np.float32(0.125))
-    np.save(sys.argv[2], out)
+    fn = base.rope_store_attend_par if sys.argv[1] == "par" else base.rope_store_attend
+    np.save(sys.argv[2], fn(q, k, v, cos, sin, ck, cv, T0, H, KV, D, np.float32(0.125)))
 '''
 
 
 def test_fused_decode_step_is_the_same_whatever_filled_the_cache(tmp_path):
     """rope_store_attend (fastmath) gives the same bits whether its helpers were compiled in
-    the same process or loaded from the disk cache by an earlier command (they are inlined)."""
+    the same process or loaded from the disk cache by an earlier command (they are inlined);
+    its parallel twin the same bits compiled here as loaded from the cache."""
     import os
     import subprocess
 
@@ -95,3 +96,6 @@ def test_fused_decode_step_is_the_same_whatever_filled_the_cache(tmp_path):
     run("a", "step", str(tmp_path / "a.npy"))   # helpers from the cache
     run("b", "step", str(tmp_path / "b.npy"))   # everything compiled here
     assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    run("c", "par", str(tmp_path / "c1.npy"))   # compiled here
+    run("c", "par", str(tmp_path / "c2.npy"))   # loaded from the cache
+    assert np.array_equal(np.load(tmp_path / "c1.npy"), np.load(tmp_path / "c2.npy"))

@@ -352,6 +352,17 @@ def test_fit_presets_with_an_imatrix_respend_where_rows_fall_back():
     assert km["token_embd.weight"] == "Q5_1" and km["blk.3.attn_q.weight"] == "IQ4_NL"
     assert _plan("q4_k_m_fit", s)["blk.0.attn_v.weight"] == "Q5_1"  # no imatrix: the plain fit recipe
     assert _plan("q4_k_s_fit", s, has_imatrix=True)["token_embd.weight"] == "IQ4_NL"
+    # a rule changes only tensors the importance matrix covers: none covered, nothing changes;
+    # a matrix without the output product's statistics leaves the tied embedding alone
+    for p in FIT_IMATRIX_RULES:
+        assert _plan(p + "_fit", s, has_imatrix=True, calibrated=set()) == _plan(p + "_fit", s), p
+    blocks_only = {n for n in s if n.startswith("blk.")}
+    ks = _plan("q4_k_s_fit", s, has_imatrix=True, calibrated=blocks_only)
+    assert ks["token_embd.weight"] == _plan("q4_k_s_fit", s)["token_embd.weight"] == "Q5_1"
+    assert ks["blk.3.attn_v.weight"] == "Q8_0"
+    # the llama.cpp presets and the *_mix ones do not depend on it
+    for p in ("q4_k_m", "q4_k_s", "q2_k", "q4_k_m_mix", "q4_k_s_mix", "q6_k_mix"):
+        assert _plan(p, s, has_imatrix=True) == _plan(p, s), p
 
 
 def test_mix_presets_keep_llamacpp_size_and_change_nothing_that_fits():

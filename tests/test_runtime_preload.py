@@ -50,10 +50,8 @@ print(json.dumps({"new": sorted(k for k in after if after[k] != before.get(k, 0)
 """
 
 
-def _check(gguf_path, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), GGQ_CACHE=os.environ.get("GGQ_CACHE", ""))
-    if not env["GGQ_CACHE"]:
-        env.pop("GGQ_CACHE")
+def _check(gguf_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     runs = []
     for _ in range(2):  # the first may compile into Numba's cache (a cold cache: no preload then)
         r = subprocess.run([sys.executable, "-c", CODE, str(gguf_path)], env=env, capture_output=True,
@@ -68,11 +66,11 @@ def _check(gguf_path, tmp_path):
 
 @pytest.mark.smollm2
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps is Linux's")
-def test_smollm2_prompt_and_decode_load_no_kernel(smollm2_gguf, tmp_path):
-    _check(smollm2_gguf, tmp_path)
+def test_smollm2_prompt_and_decode_load_no_kernel(smollm2_gguf):
+    _check(smollm2_gguf)
 
 
 @pytest.mark.gemma3
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps is Linux's")
-def test_gemma3_prompt_and_decode_load_no_kernel(gemma3_gguf, tmp_path):
-    _check(gemma3_gguf, tmp_path)
+def test_gemma3_prompt_and_decode_load_no_kernel(gemma3_gguf):
+    _check(gemma3_gguf)

@@ -21,7 +21,7 @@ Parts (each can be left out with --skip):
              time to the first byte of text on stdout and total wall time, from process start;
   rss        peak RSS (`/usr/bin/time -v`, else wait4's ru_maxrss) of that `ggq run` (16 tokens)
              and of llama.cpp's `llama-completion` (or `llama-simple`) on the same file, each
-             after one warm-up run (page cache, kernel and tokenizer caches warm).
+             after one warm-up run (page cache and Numba's kernel cache warm).
 Opt-in: --fresh-install times the first `ggq run` of a fresh install (new venv, `pip install`
 of this checkout, empty GGQ_CACHE so the default model is fetched, empty Numba cache).
 

@@ -13,7 +13,9 @@ matrix comes from the same calibration text, chunks and context for both: `ggq c
 --hessian` (ggq) and llama-imatrix (llama.cpp). Every file is judged by the same evaluator,
 `ggq kld` (float64, llama-perplexity's `half` protocol, the reference's logits computed once and
 reused), with the default 8-bit activations unless --exact. Held-out text: never the calibration
-text. Files and the reference logits go to --workdir (kept: reruns reuse what exists).
+text. Files and the reference logits go to --workdir (kept: reruns reuse what exists, the
+importance matrices included: delete them, and the files made with them, when the calibration
+settings change).
 
 bits per weight = 8 x (bytes of all tensors) / (all parameters), norms included, the same rule
 for both tools' files.
@@ -125,8 +127,11 @@ def main(model, text, calib, presets, methods, ctx_size, chunks, calib_chunks, l
         if calib is not None:
             llama_im = workdir / "llama.imatrix.gguf"
             if not llama_im.exists():
+                # --process-output: the same matrices as `ggq calibrate`'s default where the model
+                # has an output.weight (with tied embeddings llama-imatrix records none of it)
                 run([llama_bin / "llama-imatrix", "-m", model_gguf, "-f", calib, "-c", ctx_size, "-b", ctx_size,
-                     "--chunks", calib_chunks, "-o", llama_im, "--no-ppl"] + thr, workdir / "llama-imatrix.log")
+                     "--chunks", calib_chunks, "-o", llama_im, "--no-ppl", "--process-output"] + thr,
+                    workdir / "llama-imatrix.log")
 
     done_llama: set[str] = set()
 

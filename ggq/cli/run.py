@@ -83,8 +83,8 @@ def _load_weight_kernels(m, n_prompt, decode: bool = True) -> int:
     step's kernels ("mv:" tasks, every matrix type) load in a thread while the tokenizer still
     builds (n_prompt() waits for it), the prompt's batch kernels ("mm:") here. Loaded before any
     weight page is touched, LLVM's ~60 MB leave before the weights' pages come in, so the peak
-    resident set holds one or the other, not both; the small kernels the model calls (norms,
-    attention) load in the prompt, faulting back the few LLVM pages they need."""
+    resident set holds one or the other, not both; the backend's small kernels (norms, the gated
+    activation, decode attention: _load_small_kernels) load here too, before the drop."""
     import threading
 
     from ..kernels import warm

@@ -248,7 +248,8 @@ def plan(src: Source, preset: str, overrides=(), imatrix: Importance | None = No
     types = plan_types(shapes, preset, n_layers=cfg.block_count, n_head=cfg.head_count,
                        n_head_kv=cfg.head_count_kv, tied=cfg.tie_word_embeddings,
                        source_types={n: src.tensor_info(n).dtype for n in shapes}, overrides=overrides,
-                       has_imatrix=bool(imatrix), notes=notes)
+                       has_imatrix=bool(imatrix), calibrated=set(imatrix.weights) if imatrix else None,
+                       notes=notes)
     entries = []
     for n, shape in shapes.items():
         st = src.tensor_info(n)

@@ -12,7 +12,8 @@
 - iq4_nl / iq4_xs: llama.cpp's LLAMA_FTYPE_MOSTLY_IQ4_NL / _XS recipe (attn_v Q5_K when
   n_head / n_head_kv >= 4; ffn_down Q5_K on the first eighth of the layers without an imatrix).
 - *_fit presets ("fit the bit budget"): the same recipe as the llama.cpp preset of the same name
-  wherever the 256-element super-block divides the rows (identical types there), but a row
+  wherever the 256-element super-block divides the rows (identical types there, unless the
+  FIT_IMATRIX_RULES below apply), but a row
   length 256 does not divide gets a 32-element type of about the same bits per weight instead of
   llama.cpp's more expensive fallback: Q2_K/Q3_K/Q4_K -> IQ4_NL (4.5 bpw; llama.cpp: Q4_0 4.5,
   Q5_0 5.5), Q5_K -> Q5_0 (5.5; llama.cpp: Q5_1 6.0), Q6_K -> Q5_1 (6.0; llama.cpp: Q8_0 8.5),
@@ -21,9 +22,12 @@
   per weight, q4_k_m_fit 5.03, q4_k_s_fit 4.85. Measured on its off-grid variant (KLD against the
   float model, 8 x 512 tokens of held-out text), the 576-wide rows as IQ4_NL gave KLD 0.156,
   as Q4_0 (same 4.5 bpw) 0.177, as Q4_1 (5.0 bpw) 0.131, as llama.cpp's Q5_0 (5.5 bpw) 0.065.
-  With an importance matrix, where some tensor falls back, FIT_IMATRIX_RULES also re-spend the
-  budget (same mechanism as MIX_RULES below): the IQ4 types and GPTQ are at their best with
-  calibration data, and the tiny attn_v/attn_k buy the most per bit. SmolLM2 off-grid, gptq,
+  With an importance matrix, when some tensor of the model falls back, FIT_IMATRIX_RULES
+  (q4_k_m_fit, q4_k_s_fit) re-spend the budget over the whole model, on the tensors the matrix
+  has statistics for (same mechanism as MIX_RULES below; a tensor that fits can change too:
+  SmolLM2's 1536-wide ffn_down goes to IQ4_XS): the IQ4 types and GPTQ are at their best with
+  calibration data, and the tiny attn_v/attn_k buy the most per bit. The rules are SmolLM2's
+  (measured on its off-grid variant); `convert --dry-run` prints the plan on another model. SmolLM2 off-grid, gptq,
   development text: q4_k_m_fit 4.97 bpw KLD 0.0453 (llama.cpp's 6.17-bpw q4_k_m: 0.0627
   without an imatrix), q4_k_s_fit 4.85 bpw 0.0489 (0.0662 without the rules). Without an
   importance matrix the same q4_k_m_fit mixture scored 0.150: the rules need the data.
@@ -204,8 +208,8 @@ def _mix_rule(rules, name: str, t: str, n_layers: int, tied: bool) -> str:
     """The type rules (MIX_RULES or FIT_IMATRIX_RULES) give tensor `name` (t: the recipe's choice,
     kept if no rule matches).
     A "tied_embd" rule covers token_embd.weight when the embeddings are tied (the matrix that is
-    also the output's: what the rules were measured on); an untied output.weight keeps llama.cpp's
-    type."""
+    also the output's: what the rules were measured on); an untied output.weight keeps the
+    recipe's type."""
     cat = _category(name)
     if cat == "token_embd" and tied:
         cat = "tied_embd"
@@ -223,9 +227,13 @@ def _mix_rule(rules, name: str, t: str, n_layers: int, tied: bool) -> str:
 
 def plan_types(shapes: dict[str, tuple[int, ...]], preset: str, *, n_layers: int, n_head: int,
                n_head_kv: int, tied: bool, source_types: dict[str, str] | None = None,
-               overrides=(), has_imatrix: bool = False, notes: dict | None = None) -> dict[str, str]:
+               overrides=(), has_imatrix: bool = False, calibrated=None,
+               notes: dict | None = None) -> dict[str, str]:
     """{tensor name: type name} for every tensor of `shapes` (numpy shapes, in file order).
-    has_imatrix: an importance matrix will be used (llama.cpp's recipes differ for iq4_*).
+    has_imatrix: an importance matrix will be used (llama.cpp's recipes differ for iq4_*; the
+    *_fit presets' FIT_IMATRIX_RULES apply). calibrated: the tensor names it has statistics for
+    (None: every tensor); a FIT_IMATRIX_RULES rule changes only those, since it was measured
+    with the data (e.g. q4_k_s_fit's IQ4_NL tied embedding needs the output product's).
     notes: if given, filled with {tensor name: fallback_note(...)} for every tensor whose chosen
     type did not fit its rows (what `convert --dry-run` should show)."""
     preset = normalize_preset(preset)
@@ -256,7 +264,7 @@ def plan_types(shapes: dict[str, tuple[int, ...]], preset: str, *, n_layers: int
             t = PRESETS[preset]
         else:
             t = _mixture(preset, name, cols, n_layers, n_gqa, tied, has_imatrix)
-        if rules:
+        if rules and (calibrated is None or not fit or name in calibrated):
             t = _mix_rule(rules, name, t, n_layers, tied)
         for k, (pat, typ) in enumerate(ovs):
             if fnmatch.fnmatchcase(name, pat):

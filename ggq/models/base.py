@@ -589,7 +589,7 @@ class CpuOps:
         w = np.ones(d, np.float32)
         rmsnorm(x, w, 1e-6)
         add_rmsnorm(x, y, w, 1e-6, NO_NORM)
-        {"silu_mul": silu_mul, "gelu_tanh_mul": gelu_tanh_mul}[gated](g, u)
+        getattr(CpuOps, gated)(g, u)
         q, k, v = (np.zeros((1, 2), np.float32) for _ in range(3))  # one head of width 2, 4 positions
         cos, sin = np.ones((1, 1), np.float32), np.zeros((1, 1), np.float32)
         for attend in (rope_store_attend, rope_store_attend_par):
@@ -688,6 +688,7 @@ class DecoderModel:
     MATRIX_FIELDS: tuple = ()  # per-layer Matrix attribute names
     VECTOR_FIELDS: tuple = ()  # per-layer norm weights (next_norm is added to them)
     STACKS: dict = {}          # stack name -> the matrices that read the same input (q, k, v)
+    GATED_ACTIVATION: str      # the backend method layer() applies to (gate, up): "silu_mul", ...
 
     def _load_embeddings(self, reader, source: str) -> None:
         """token_embd.weight, output_norm.weight and output.weight (tied to the embedding when

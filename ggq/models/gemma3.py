@@ -144,7 +144,7 @@ class Gemma3(DecoderModel):
     MATRIX_FIELDS = ("wq", "wk", "wv", "wo", "gate", "up", "down")
     VECTOR_FIELDS = ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm", "post_ffw_norm")
     STACKS = {"qkv": ("wq", "wk", "wv"), "gate_up": ("gate", "up")}  # one call each
-    GATED_ACTIVATION = "gelu_tanh_mul"  # the ops method layer() calls (CpuOps.warm loads it)
+    GATED_ACTIVATION = "gelu_tanh_mul"  # layer()'s gated activation, a backend method (GeGLU)
 
     def __init__(self, reader, n_ctx: int | None = None, source: str = "model", use_mmap: bool = True,
                  offload=None):
@@ -210,4 +210,5 @@ class Gemma3(DecoderModel):
         a = ops.attend(L.kv, q, k, v, step, L.rope, self.scale, L.window)
         h = ops.add_rmsnorm(x, L.wo(a), L.ffn_norm, eps, L.post_attn_norm)  # x += norm(Wo a); h = norm(x)
         g, u = L.gate_up(h)
-        return ops.add_rmsnorm(x, L.down(ops.gelu_tanh_mul(g, u)), L.next_norm, eps, L.post_ffw_norm)
+        act = getattr(ops, self.GATED_ACTIVATION)                       # GeGLU (tanh GELU)
+        return ops.add_rmsnorm(x, L.down(act(g, u)), L.next_norm, eps, L.post_ffw_norm)

@@ -90,7 +90,7 @@ class Llama(DecoderModel):
     MATRIX_FIELDS = ("wq", "wk", "wv", "wo", "gate", "up", "down")
     VECTOR_FIELDS = ("attn_norm", "ffn_norm")
     STACKS = {"qkv": ("wq", "wk", "wv"), "gate_up": ("gate", "up")}  # one call each
-    GATED_ACTIVATION = "silu_mul"  # the ops method layer() calls (CpuOps.warm loads it)
+    GATED_ACTIVATION = "silu_mul"  # layer()'s gated activation, a backend method (SwiGLU)
 
     def __init__(self, reader, n_ctx: int | None = None, source: str = "model", use_mmap: bool = True,
                  offload=None):
@@ -134,4 +134,5 @@ class Llama(DecoderModel):
         a = ops.attend(L.kv, q, k, v, step, self.rope, self.scale)
         h = ops.add_rmsnorm(x, L.wo(a), L.ffn_norm, eps)                 # x += Wo a; h = norm(x)
         g, u = L.gate_up(h)
-        return ops.add_rmsnorm(x, L.down(ops.silu_mul(g, u)), L.next_norm, eps)
+        act = getattr(ops, self.GATED_ACTIVATION)                       # SwiGLU
+        return ops.add_rmsnorm(x, L.down(act(g, u)), L.next_norm, eps)

@@ -345,8 +345,13 @@ def test_fit_presets_with_an_imatrix_respend_where_rows_fall_back():
         ruled, plain = _plan(p + "_fit", s, has_imatrix=True), _plan(p + "_fit", s)
         assert ruled != plain and abs(_bpw(ruled, s) - _bpw(plain, s)) < 0.07, p
         assert all(get_type(t).supports(s[n][-1]) for n, t in ruled.items()), p
-    km = _plan("q4_k_m_fit", s, has_imatrix=True)
+    notes = {}
+    km = _plan("q4_k_m_fit", s, has_imatrix=True, notes=notes)
     assert _bpw(km, s) <= 5.0 < _bpw(_plan("q4_k_m_fit", s), s)
+    # --dry-run says why: the rule (from the plain fit type) and the fallback
+    assert notes["blk.0.attn_v.weight"].startswith("Q5_1 -> Q8_0: q4_k_m_fit's rule for attn_v")
+    assert notes["blk.3.attn_k.weight"].startswith("IQ4_NL -> Q8_0: q4_k_m_fit's rule for attn_k")
+    assert "rule" not in notes["blk.3.attn_q.weight"] and "576 columns" in notes["blk.3.attn_q.weight"]
     assert {km[f"blk.{i}.{c}.weight"] for i in range(30) for c in ("attn_v", "attn_k")} == {"Q8_0"}
     assert {km[f"blk.{i}.ffn_down.weight"] for i in range(30)} == {"IQ4_XS"}
     assert km["token_embd.weight"] == "Q5_1" and km["blk.3.attn_q.weight"] == "IQ4_NL"

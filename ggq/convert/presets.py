@@ -234,10 +234,10 @@ def plan_types(shapes: dict[str, tuple[int, ...]], preset: str, *, n_layers: int
     *_fit presets' FIT_IMATRIX_RULES apply). calibrated: the tensor names it has statistics for
     (None: every tensor); a FIT_IMATRIX_RULES rule changes only those, since it was measured
     with the data (e.g. q4_k_s_fit's IQ4_NL tied embedding needs the output product's).
-    notes: if given, filled with {tensor name: fallback_note(...)} for every tensor whose chosen
-    type did not fit its rows (what `convert --dry-run` should show)."""
+    notes: if given, filled with {tensor name: why} for every tensor whose chosen type did not
+    fit its rows (fallback_note) or that a rule changed (what `convert --dry-run` shows)."""
     preset = normalize_preset(preset)
-    fit = preset.endswith(FIT)
+    asked, fit = preset, preset.endswith(FIT)
     ovs = [parse_override(o) if isinstance(o, str) else (o[0], get_type(o[1]).name) for o in overrides]
     if preset == "keep" and source_types is None:
         raise ConvertError("preset 'keep' needs a source with typed tensors")
@@ -264,14 +264,22 @@ def plan_types(shapes: dict[str, tuple[int, ...]], preset: str, *, n_layers: int
             t = PRESETS[preset]
         else:
             t = _mixture(preset, name, cols, n_layers, n_gqa, tied, has_imatrix)
+        ruled = ""
         if rules and (calibrated is None or not fit or name in calibrated):
-            t = _mix_rule(rules, name, t, n_layers, tied)
+            r = _mix_rule(rules, name, t, n_layers, tied)
+            was, now = fallback(t, cols, fit), fallback(r, cols, fit)
+            if now != was:
+                ruled = (f"{was} -> {now}: {asked}'s rule for {_category(name)} "
+                         f"({'FIT_IMATRIX_RULES, with an importance matrix' if fit else 'MIX_RULES'})")
+            t = r
         for k, (pat, typ) in enumerate(ovs):
             if fnmatch.fnmatchcase(name, pat):
-                t, used[k] = typ, True
+                t, used[k], ruled = typ, True, ""
         out[name] = fallback(t, cols, fit)
-        if notes is not None and out[name] != t:
-            notes[name] = fallback_note(t, out[name], cols)
+        if notes is not None:
+            why = "; ".join(w for w in (ruled, fallback_note(t, out[name], cols)) if w)
+            if why:
+                notes[name] = why
     for (pat, _), u in zip(ovs, used):
         if not u:
             raise ConvertError(f"override pattern {pat!r} matches no 2-D tensor")

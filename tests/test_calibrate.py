@@ -253,3 +253,24 @@ def test_process_output_tied(calibrated, tiny_hf_dir, tmp_path):
             d = r.dequantize("token_embd.weight").astype(np.float64) - emb
         return float(np.einsum("ij,jk,ik->", d, h, d))
     assert out_err(files["gptq"]) < 0.9 * out_err(files["plain"])
+
+
+def test_fit_preset_rules_follow_the_importance_matrix(calibrated, tiny_hf_dir, tmp_path):
+    """ggq convert -t q4_k_m_fit --imatrix on a model whose rows fall back (64/128 wide): the
+    FIT_IMATRIX_RULES apply to the tensors the file covers (attn_v, attn_k -> Q8_0) and leave the
+    tied embedding, which a file without the output product's statistics does not cover, at the
+    plain fit preset's type; without an imatrix, the plain fit preset."""
+    from ggq.format import GGQReader
+
+    _, _, out = calibrated  # made with --no-process-output: no token_embd.weight entry
+    plain, ruled = tmp_path / "plain.ggq", tmp_path / "ruled.ggq"
+    convert_model(tiny_hf_dir, plain, preset="q4_k_m_fit", progress=False)
+    convert_model(tiny_hf_dir, ruled, preset="q4_k_m_fit", imatrix=out, method="imatrix", progress=False)
+
+    def types(path):
+        with GGQReader(path) as r:
+            return {n: t.qtype.name for n, t in r.tensors.items()}
+    p, r = types(plain), types(ruled)
+    assert {r[f"blk.{i}.{c}.weight"] for i in range(2) for c in ("attn_v", "attn_k")} == {"Q8_0"}
+    assert p["blk.0.attn_k.weight"] != "Q8_0"
+    assert r["token_embd.weight"] == p["token_embd.weight"]

@@ -48,3 +48,29 @@ def test_identity_hessian_is_plain_weighted_rounding(layer):
     qt = get_type("Q4_K")
     np.testing.assert_array_equal(gptq_quantize(qt, w, np.eye(w.shape[1])),
                                   qt.quantize(w, imatrix=np.ones(w.shape[1], np.float32)))
+
+
+@pytest.mark.parametrize("name", ["IQ4_NL", "IQ4_XS", "Q8_0"])
+def test_in_block_feedback_on_the_fixed_grid(layer, name, monkeypatch):
+    """The grid a block's scales leave (QuantType.fixed_grid) holds every decoded value and
+    with_codes writes codes back bit for bit; GPTQ's column loop inside each block on that grid
+    gives a lower output error than feeding back whole blocks (the same search picks the scales)."""
+    x, w, h = layer
+    qt = get_type(name)
+    cols = w.shape[1]
+    q = qt.quantize(w).reshape(-1, qt.type_size)  # one block per row
+    deq = qt.dequantize(q, qt.block_size)
+    scale, offset, table = qt.fixed_grid(q)
+    codes = np.abs(deq[..., None] - (scale[..., None] * table + offset[..., None])).argmin(-1)
+    np.testing.assert_array_equal(scale * table[codes] + offset, deq)
+    np.testing.assert_array_equal(qt.with_codes(q, codes), q)
+    import gguf
+
+    blocks = gptq_quantize(qt, w, h)
+    got = qt.dequantize(blocks, cols)
+    ref = gguf.quants.dequantize(blocks, getattr(gguf.GGMLQuantizationType, name)).reshape(w.shape)
+    np.testing.assert_array_equal(got, ref)  # the codes written back are the type's own layout
+    in_block = output_error(x, w, got)
+    monkeypatch.setattr(type(qt), "fixed_grid", None)
+    whole = output_error(x, w, qt.dequantize(gptq_quantize(qt, w, h), cols))
+    assert in_block < whole, (name, in_block, whole)

@@ -9,10 +9,13 @@ the layer's output changes as little as possible. With U the upper Cholesky fact
 
 Block types pick their scales per block, so columns are quantized a block at a time (32
 columns for the legacy types, a 256-column super-block for the k-quants): the type's own
-quantizer (least-squares scale search weighted by the block's importance) rounds the block as it
-stands after the earlier blocks' feedback; then the block's error D = W_B - Q_B is propagated as
-the column-by-column rule does when the block's codes are fixed, which is exact:
-E = D U_BB^-1 (a triangular solve), W[:, after B] -= E U[B, after B].
+quantizer (least-squares scale search weighted by the block's importance) picks the block's
+scales as it stands after the earlier blocks' feedback. A type that exposes the grid those scales
+leave (QuantType.fixed_grid: IQ4_NL, IQ4_XS, Q8_0) then has its columns rounded one by one on
+that grid, each column's error pushed onto the block's later columns, as GPTQ with groups does.
+For the others the block's codes are the quantizer's, and the block's error D = W_B - Q_B is
+propagated as the column-by-column rule does when the codes are fixed, which is exact:
+E = D U_BB^-1 (a triangular solve). Either way W[:, after B] -= E U[B, after B].
 
 The importance given to the block quantizer is H's diagonal (the imatrix: mean squared input),
 or with weights="gptq" 1 / diag(H^-1) restricted to the columns not yet quantized
@@ -92,14 +95,40 @@ def _gptq(qt, w, h, weights, damp, search) -> np.ndarray:
             raise QuantError(f"GPTQ: unknown weighting {weights!r}")
         imp = (imp / max(float(imp.max()), 1e-30)).astype(np.float32)
         q = qt.quantize(blk, imatrix=imp, **kw)
+        if qt.fixed_grid is not None:
+            q, e = _round_in_block(qt, q, w, u, b0, b1)
+        else:
+            d = w[:, b0:b1] - qt.dequantize(q, bs).astype(np.float64)
+            # E = D U_BB^-1  <=>  E U_BB = D  <=>  U_BB^T E^T = D^T (lower-triangular solve)
+            e = np.linalg.solve(u[b0:b1, b0:b1].T, d.T).T
         out[:, b0 // bs * bb:(b0 // bs + 1) * bb] = q
         if b1 < cols:
-            d = w[:, b0:b1] - qt.dequantize(q, bs).astype(np.float64)
-            ub = u[b0:b1, b0:b1]
-            # E = D U_BB^-1  <=>  E U_BB = D  <=>  U_BB^T E^T = D^T (lower-triangular solve)
-            e = np.linalg.solve(ub.T, d.T).T
             w[:, b1:] -= e @ u[b0:b1, b1:]
     return out
+
+
+def _round_in_block(qt, q, w, u, b0, b1):
+    """GPTQ's column loop inside one block: its scales kept as the type's search chose them, each
+    column rounded to the nearest value of that grid (qt.fixed_grid) after the earlier columns'
+    feedback, its error pushed onto the block's later columns. Returns the block with those codes
+    and the scaled errors E (rows, block) for the columns after the block."""
+    scale, offset, table = qt.fixed_grid(q)
+    scale, offset = scale.astype(np.float64), offset.astype(np.float64)
+    tab = table.astype(np.float64)
+    rows, n = scale.shape
+    codes = np.empty((rows, n), np.int64)
+    e = np.empty((rows, n))
+    for j in range(n):
+        c = b0 + j
+        s = scale[:, j]
+        t = np.divide(w[:, c] - offset[:, j], s, out=np.zeros(rows), where=s != 0)
+        k = np.clip(np.searchsorted(tab, t), 1, len(tab) - 1)
+        k -= (t - tab[k - 1]) <= (tab[k] - t)  # the nearer neighbour (ties: the lower)
+        codes[:, j] = k
+        e[:, j] = (w[:, c] - (s * tab[k] + offset[:, j])) / u[c, c]
+        if j + 1 < n:
+            w[:, c + 1:b1] -= np.outer(e[:, j], u[c, c + 1:b1])
+    return qt.with_codes(q, codes), e
 
 
 def output_error(x: np.ndarray, w: np.ndarray, w_hat: np.ndarray) -> float:

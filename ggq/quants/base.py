@@ -37,6 +37,14 @@ class QuantType:
     def supports(self, cols: int) -> bool:
         return cols % self.block_size == 0
 
+    # --- optional: the grid a quantized block's scales leave (GPTQ's in-block feedback) ----
+    # fixed_grid(q) -> (scale, offset, table): q uint8 (rows, type_size), one block per row;
+    # element j of a row can take the values scale[:, j] * table[code] + offset[:, j] (table
+    # sorted ascending, float32). with_codes(q, codes) -> q with those codes (uint8 (rows,
+    # block_size)) and its scales unchanged. A type without them is fed back a block at a time.
+    fixed_grid = None
+    with_codes = None
+
     # --- implemented by each type -------------------------------------------------
     def quantize(self, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
         """float32 (rows, cols) -> uint8 (rows, row_bytes). imatrix: optional float32 (cols,)

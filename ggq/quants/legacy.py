@@ -588,6 +588,16 @@ class _Q5_1T(_Legacy):
 
 class _Q8_0T(_Legacy):
     name, ggml_id, type_size, kind = "Q8_0", 8, 34, _Q8_0
+    _TABLE = np.arange(-128, 128, dtype=np.float32)
+
+    def fixed_grid(self, q):
+        d = np.ascontiguousarray(q[:, 0:2]).view(np.float16)[:, 0].astype(np.float32)
+        return np.repeat(d[:, None], 32, axis=1), np.zeros((q.shape[0], 32), np.float32), self._TABLE
+
+    def with_codes(self, q, codes):
+        q = q.copy()
+        q[:, 2:] = (codes.astype(np.int64) - 128).astype(np.int8).view(np.uint8)
+        return q
 
 
 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = _Q4_0T(), _Q4_1T(), _Q5_0T(), _Q5_1T(), _Q8_0T()

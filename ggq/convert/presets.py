@@ -30,7 +30,7 @@
   (measured on its off-grid variant); `convert --dry-run` prints the plan on another model.
   SmolLM2 off-grid, gptq, development text: q4_k_m_fit 4.97 bpw KLD 0.0453 (llama.cpp's
   6.17-bpw q4_k_m: 0.0627 without an imatrix), q4_k_s_fit 4.85 bpw 0.0489 (0.0662 without the
-  rules); held-out text: 0.0475 and 0.0504 (llama.cpp's q4_k_m 0.0602). Without an importance
+  rules); held-out text: 0.0477 and 0.0494 (llama.cpp's q4_k_m 0.0602). Without an importance
   matrix the same q4_k_m_fit mixture scored 0.150: the rules need the data.
 - *_mix presets ("ggq's mixture at llama.cpp's size"): identical to the llama.cpp preset of the
   same name where no tensor falls back (every row a multiple of its type's block); where some do,

@@ -45,6 +45,11 @@ class QuantType:
     fixed_grid = None
     with_codes = None
 
+    @staticmethod
+    def block_f16(q: np.ndarray, at: int = 0) -> np.ndarray:
+        """The little-endian fp16 at byte `at` of every block (row) of q, as float32."""
+        return np.ascontiguousarray(q[:, at:at + 2]).view(np.float16)[:, 0].astype(np.float32)
+
     # --- implemented by each type -------------------------------------------------
     def quantize(self, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
         """float32 (rows, cols) -> uint8 (rows, row_bytes). imatrix: optional float32 (cols,)

@@ -466,10 +466,6 @@ class _IQ4(QuantType):
         return out
 
 
-def _f16_scale(q):
-    return np.ascontiguousarray(q[:, 0:2]).view(np.float16)[:, 0].astype(np.float32)
-
-
 def _pack_nibbles(q, start, codes):
     """32 codes per sub-block into 16 bytes from `start`: byte j holds codes j and j + 16."""
     c = codes.astype(np.uint8).reshape(codes.shape[0], -1, 2, 16)
@@ -481,7 +477,7 @@ class _IQ4_NL(_IQ4):
     name, ggml_id, block_size, type_size = "IQ4_NL", 20, QK4_NL, 18
 
     def fixed_grid(self, q):
-        d = _f16_scale(q)
+        d = self.block_f16(q)
         return np.repeat(d[:, None], QK4_NL, axis=1), np.zeros((q.shape[0], QK4_NL), np.float32), _KV
 
     def with_codes(self, q, codes):
@@ -492,13 +488,12 @@ class _IQ4_XS(_IQ4):
     name, ggml_id, block_size, type_size = "IQ4_XS", 23, QK_K, 136
 
     def fixed_grid(self, q):
-        d = _f16_scale(q)
+        d = self.block_f16(q)
         sh = q[:, 2].astype(np.int64) | (q[:, 3].astype(np.int64) << 8)
         scale = np.empty((q.shape[0], QK_K), np.float32)
-        for ib in range(QK_K // QK4_NL):  # iq4xs_sub_scale's layout, on whole columns of rows
-            lo = (q[:, 4 + ib // 2].astype(np.int64) >> (4 * (ib % 2))) & 0xF
-            ls = lo | (((sh >> (2 * ib)) & 3) << 4)
-            scale[:, ib * QK4_NL:(ib + 1) * QK4_NL] = (d * (ls - 32).astype(np.float32))[:, None]
+        for ib in range(QK_K // QK4_NL):  # the one decode of the layout, on whole columns of rows
+            ls = iq4xs_sub_scale.py_func(q[:, 4 + ib // 2].astype(np.int64), sh, ib)
+            scale[:, ib * QK4_NL:(ib + 1) * QK4_NL] = (d * ls.astype(np.float32))[:, None]
         return scale, np.zeros((q.shape[0], QK_K), np.float32), _KV
 
     def with_codes(self, q, codes):

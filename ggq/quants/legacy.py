@@ -591,7 +591,7 @@ class _Q8_0T(_Legacy):
     _TABLE = np.arange(-128, 128, dtype=np.float32)
 
     def fixed_grid(self, q):
-        d = np.ascontiguousarray(q[:, 0:2]).view(np.float16)[:, 0].astype(np.float32)
+        d = self.block_f16(q)
         return np.repeat(d[:, None], 32, axis=1), np.zeros((q.shape[0], 32), np.float32), self._TABLE
 
     def with_codes(self, q, codes):

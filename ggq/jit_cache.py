@@ -95,8 +95,8 @@ def numba_without_scipy():
 
 
 def numba_ready(fast_cache_loads: bool = False) -> None:
-    """Get Numba ready to run kernels, now rather than in the first kernel call (e.g. while a
-    tokenizer builds in another thread; inside numba_without_scipy, for the imports).
+    """Get Numba ready to run kernels, now rather than in the first kernel call (inside
+    numba_without_scipy, for the imports).
 
     By default: initialise its CPU target (~0.2-0.4 s of imports of Numba's own typing and
     lowering implementations), which the first kernel call, compiled or loaded from the disk

@@ -578,6 +578,8 @@ def test_spm_scores_derived_from_merges(tmp_path, add_space_prefix):
     assert field(r, "tokenizer.ggml.token_type") == types  # control, user-defined, byte, normal
     assert field(r, "tokenizer.ggml.add_space_prefix") == add_space_prefix  # from the normalizer
     merges = json.loads(tk.json)["model"]["merges"]
+    assert all(isinstance(m, str) for m in merges)  # "left right" (spm_merges)
+    merges = [m.split(" ") for m in merges]  # tokenizers writes pairs back
     scores = field(r, "tokenizer.ggml.scores")
     for rank, (a, b) in enumerate(merges):
         assert scores[tokens.index(a + b)] >= -rank  # made by its first merge

@@ -162,7 +162,7 @@ def _ggq_with_tokenizer(path, tok_json: str, **extra):
 
 def test_tokenizer_from_file_bytes_equals_from_str(tiny_hf_dir, tmp_path):
     """A long tokenizer.json in a .ggq is built from its stored UTF-8 bytes (no str of it is
-    made) in a thread: the same tokenizer as `tokenizers`' from_str of the text."""
+    made) at its first use: the same tokenizer as `tokenizers`' from_str of the text."""
     from tokenizers import Tokenizer as HF
 
     js = (Path(tiny_hf_dir) / "tokenizer.json").read_text()
@@ -171,7 +171,7 @@ def test_tokenizer_from_file_bytes_equals_from_str(tiny_hf_dir, tmp_path):
     with _ggq_with_tokenizer(tmp_path / "t.ggq", js, **{"tokenizer.chat_template": tmpl}) as r:
         assert r.metadata.is_lazy("tokenizer.huggingface.json")
         tok = Tokenizer(r.metadata, source="t.ggq")
-        assert tok._thread is not None  # built in the background
+        assert tok._state is None  # not built until first used
         hf = HF.from_str(js)
         for text in TEXTS:
             ids = tok.encode(text)

@@ -214,7 +214,11 @@ def test_decode_round_trip(gemma_like, llama_like):
 def test_merges_ranked_by_score():
     tokens = ["a", "b", "c", "ab", "bc", "abc", "b"]  # "b" twice: the last id counts
     scores = [0.0, 0.0, 0.0, -2.0, -1.0, -3.0, 0.0]
-    assert spm_merges(tokens, scores) == [["b", "c"], ["a", "b"], ["a", "bc"], ["ab", "c"]]
+    assert spm_merges(tokens, scores) == ["b c", "a b", "a bc", "ab c"]
+    # splits with a raw space never reach BPE (the normalizer makes every space "▁"): left out
+    tokens += [" ", "a ", " a", "▁", "▁a"]
+    scores += [0.0, -0.5, -0.6, 0.0, -0.7]
+    assert spm_merges(tokens, scores) == ["▁ a", "b c", "a b", "a bc", "ab c"]
 
 
 def test_refuses_what_it_cannot_rebuild(tmp_path):

@@ -80,8 +80,8 @@ def _kernel_tasks(llama, n_prompt: int) -> tuple[list[str], list[str]]:
 def _load_weight_kernels(m, n_prompt, decode: bool = True) -> int:
     """Warm cache: load every weight kernel the run calls before the prompt runs, then drop
     LLVM's code pages from the process (runtime.resident; returns the KiB dropped). The decode
-    step's kernels ("mv:" tasks, every matrix type) load in a thread while the tokenizer still
-    builds (n_prompt() waits for it), the prompt's batch kernels ("mm:") here. Loaded before any
+    step's kernels ("mv:" tasks, every matrix type) load in a thread, the prompt's batch kernels
+    ("mm:") here, once n_prompt() has the prompt's length (its first call builds the tokenizer). Loaded before any
     weight page is touched, LLVM's ~60 MB leave before the weights' pages come in, so the peak
     resident set holds one or the other, not both; the backend's small kernels (norms, the gated
     activation, decode attention: _load_small_kernels) load here too, before the drop."""

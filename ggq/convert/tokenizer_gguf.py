@@ -22,7 +22,8 @@ Two vocabulary kinds (tokenizer.ggml.model):
 - model BPE with byte_fallback; vocab = every token (a string listed twice keeps its LAST id,
   as llama.cpp's token_to_id map does); merges = every split of every token into two vocabulary
   tokens, ranked by the merged token's score, highest first (ties: lower id, then shorter left
-  part). A BPE merge fires on the lowest-ranked adjacent pair, leftmost first: the same order as
+  part), leaving out splits of a token with a raw space, which never reach BPE (spm_merges).
+  A BPE merge fires on the lowest-ranked adjacent pair, leftmost first: the same order as
   llama.cpp's score queue, except that llama.cpp breaks a tie between equal-scored tokens by
   position and BPE by rank (Gemma's normal tokens all have distinct scores; the equal -1000
   scores are on control/user-defined tokens, which never reach the merge stage);
@@ -173,20 +174,29 @@ def tokenizer_from_gguf(reader, where: str) -> GGUFTokenizer:
 
 # --------------------------------------------------------------------------- SentencePiece
 
-def spm_merges(tokens: list[str], scores: list[float]) -> list[list[str]]:
+def spm_merges(tokens: list[str], scores: list[float]) -> list[str]:
     """BPE merges equivalent to llama.cpp's SPM score queue: every split of every distinct token
     string into two vocabulary strings, highest merged-token score first (ties: lower id, then
-    shorter left part). A string listed twice uses its last id, like llama.cpp's token_to_id."""
+    shorter left part). A string listed twice uses its last id, like llama.cpp's token_to_id.
+
+    Written in `tokenizers`' one-string form "left right": it loads with about half the
+    transient memory and 20% less time than the pair form (Gemma 3's 514k merges: 145 MB above
+    the process instead of 324, 0.76 s instead of 0.92). A split with a raw space in either part
+    is left out: the normalizer turns every space into "▁" before BPE runs (and llama.cpp
+    escapes them the same way), so such a merge could never fire, and the one-string form
+    cannot hold it."""
     vocab: dict[str, int] = {}
     for i, t in enumerate(tokens):
         vocab[t] = i
     found = []
     for t, i in vocab.items():
+        if " " in t:
+            continue  # every split of it has a space in one part
         for k in range(1, len(t)):
             if t[:k] in vocab and t[k:] in vocab:
                 found.append((-scores[i], i, k))
     found.sort()
-    return [[tokens[i][:k], tokens[i][k:]] for _, i, k in found]
+    return [f"{tokens[i][:k]} {tokens[i][k:]}" for _, i, k in found]
 
 
 def spm_tokenizer_json(tokens: list[str], scores: list[float], types: list[int], *, bos: int, eos: int,

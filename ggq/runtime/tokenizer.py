@@ -6,6 +6,7 @@ template is rendered with jinja2 the way transformers' apply_chat_template does.
 from __future__ import annotations
 
 import json
+import threading
 from datetime import datetime
 
 from ..errors import GGQError, TokenizerError, UsageError
@@ -60,12 +61,12 @@ GEMMA_CHAT_TEMPLATE = (
 )
 
 
-# A tokenizer JSON at least this long (a real model's: SmolLM2's is 1.4 MB) is parsed in a
-# thread: `tokenizers` releases the GIL meanwhile, and the ~0.1 s overlap with what a command
-# does next (Numba starting its CPU target, see ggq.cli.run). Smaller ones (tests' toy
-# vocabularies) are parsed at once. Either way the same TokenizerError, only later for a big one:
-# at its first use.
-BACKGROUND_MIN_CHARS = 1 << 16
+# A tokenizer JSON at least this long (a real model's: SmolLM2's is 1.4 MB, Gemma 3's 13 MB) is
+# parsed at its first use rather than when the model loads: `tokenizers` holds the GIL while it
+# parses (0.8 s for Gemma 3), so a thread would overlap nothing, and a caller that never
+# tokenizes never pays. Smaller ones (tests' toy vocabularies) are parsed at once. Either way the
+# same TokenizerError, only later for a big one: at its first use.
+DEFERRED_MIN_CHARS = 1 << 16
 
 
 def release_free_heap() -> None:
@@ -90,8 +91,6 @@ _malloc_trim = None
 
 class Tokenizer:
     def __init__(self, metadata: dict, source: str = "model"):
-        from tokenizers import Tokenizer as HFTokenizer
-
         key = "tokenizer.huggingface.json"
         # a .ggq reader's metadata gives the JSON's UTF-8 bytes as stored: no str of it is made
         # (4 bytes a character for a vocabulary with characters beyond U+FFFF)
@@ -110,39 +109,44 @@ class Tokenizer:
         self.add_bos = bool(metadata.get("tokenizer.add_bos_token", False)) and self.bos_id is not None
         self._template = metadata.get("tokenizer.chat_template") or None
         self._state = None  # (HF tokenizer, vocab_size, special_ids, eog_ids, template, template source)
-        self._built: list = []  # the builder thread's result: [tokenizer] or [exception]
-        self._thread = None
-
-        def build():
-            try:
-                self._built.append(HFTokenizer.from_buffer(js) if isinstance(js, bytes)
-                                   else HFTokenizer.from_str(js))
-            except Exception as e:  # noqa: BLE001 - reported at first use
-                self._built.append(e)
-            if len(js) >= BACKGROUND_MIN_CHARS:
-                release_free_heap()
-
-        if isinstance(js, (str, bytes)) and len(js) >= BACKGROUND_MIN_CHARS:
-            import threading
-
-            self._thread = threading.Thread(target=build, name="ggq-tokenizer", daemon=True)
-            self._thread.start()
-        else:
-            build()
+        self._json = js  # until built
+        self._error = None  # a failed build's TokenizerError, raised again at each use
+        self._lock = threading.Lock()  # one build, whichever thread asks first
+        if not (isinstance(js, (str, bytes)) and len(js) >= DEFERRED_MIN_CHARS):
             self._ready()
 
-    def _ready(self) -> tuple:
-        """Wait for the tokenizer (built in a thread for a big one) and derive what needs it."""
-        if self._state is not None:
-            return self._state
-        if self._thread is not None:
-            self._thread.join()
-        got = self._built[0]
-        if isinstance(got, Exception):
-            msg = str(got).splitlines()[0] if str(got) else type(got).__name__
+    def _build(self):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        js, self._json = self._json, None
+        try:
+            return HFTokenizer.from_buffer(js) if isinstance(js, bytes) else HFTokenizer.from_str(js)
+        except Exception as e:  # noqa: BLE001 - one line, below
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             msg = msg.removeprefix("Cannot instantiate Tokenizer from buffer: ")  # as from_str says
             raise TokenizerError(f"{self.source}: embedded tokenizer is unusable: {msg}") from None
-        tok = got
+        finally:
+            if isinstance(js, (str, bytes)) and len(js) >= DEFERRED_MIN_CHARS:
+                release_free_heap()
+
+    def _ready(self) -> tuple:
+        """Build the tokenizer (once; a failed build says so again at every use) and derive what
+        needs it."""
+        if self._state is not None:
+            return self._state
+        with self._lock:
+            if self._state is not None:
+                return self._state
+            if self._error is not None:
+                raise self._error
+            try:
+                tok = self._build()
+            except TokenizerError as e:
+                self._error = e
+                raise
+            return self._derive(tok)
+
+    def _derive(self, tok) -> tuple:
         specials = set()
         try:
             specials = {int(k) for k, t in tok.get_added_tokens_decoder().items() if t.special}

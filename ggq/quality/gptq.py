@@ -17,6 +17,13 @@ For the others the block's codes are the quantizer's, and the block's error D = 
 propagated as the column-by-column rule does when the codes are fixed, which is exact:
 E = D U_BB^-1 (a triangular solve). Either way W[:, after B] -= E U[B, after B].
 
+Blocks go in order of importance, the most important first (quantization_order): their error is
+fed to blocks that matter less, as GPTQ's act-order does for columns. For a type whose block
+scale multiplies its whole grid (QuantType.grid_f16_at: IQ4_NL, IQ4_XS, Q8_0), each row's block
+scales are finally re-fitted by least squares to the codes GPTQ ended with (refit_grid_scales).
+On SmolLM2's layers the two lower the output error 1-16% (IQ4_NL, Q8_0, IQ4_XS), and q4_k_m_fit's
+KLD 3.5% on two development texts (32 windows each).
+
 The importance given to the block quantizer is H's diagonal (the imatrix: mean squared input),
 or with weights="gptq" 1 / diag(H^-1) restricted to the columns not yet quantized
 (= 1 / U_jj^2), the weight GPTQ's own error scaling uses.
@@ -64,6 +71,17 @@ def gptq_quantize(qt, w: np.ndarray, h: np.ndarray, weights: str = "imatrix", da
             blas_set_threads(before)
 
 
+def quantization_order(diag: np.ndarray, bs: int) -> np.ndarray:
+    """The columns in the order GPTQ quantizes them: whole blocks by descending importance (the
+    sum of H's diagonal over the block), each block's columns in the file's order; ties keep the
+    file's order. Each block is still one block of the file, its scales picked when GPTQ reaches
+    it. (Ordering the columns inside a block too, as GPTQ's act-order does, lowered the layers'
+    output error further but raised SmolLM2's KLD on both development texts.)"""
+    nb = diag.size // bs
+    blocks = np.argsort(-diag.reshape(nb, bs).sum(1), kind="stable")
+    return (blocks[:, None] * bs + np.arange(bs)[None, :]).reshape(-1)
+
+
 def _gptq(qt, w, h, weights, damp, search) -> np.ndarray:
     w = np.array(w, dtype=np.float64)
     rows, cols = w.shape
@@ -80,55 +98,113 @@ def _gptq(qt, w, h, weights, damp, search) -> np.ndarray:
     h[dead, dead] = 1.0  # an input that is always 0: its column does not matter
     mean_diag = float(np.mean(np.diag(h)))
     h[np.diag_indices(cols)] += damp * mean_diag
-    u = _upper_cholesky_of_inverse(h)
+    order = quantization_order(np.maximum(diag, 0.0), bs)
+    u = _upper_cholesky_of_inverse(h[np.ix_(order, order)])  # of H in quantization order
+    w0 = w.copy()
+    w = w[:, order]  # the weights in quantization order, updated as GPTQ goes
     kw = {"search": True} if search and accepts_search(qt) else {}
     out = np.empty((rows, qt.row_bytes(cols)), dtype=np.uint8)
     bb = qt.type_size
-    for b0 in range(0, cols, bs):
-        b1 = b0 + bs
-        blk = np.ascontiguousarray(w[:, b0:b1], dtype=np.float32)
+    for p0 in range(0, cols, bs):
+        p1 = p0 + bs
+        b0 = int(order[p0])  # the file's block at these positions, its columns in order
+        blk = np.ascontiguousarray(w[:, p0:p1], dtype=np.float32)
         if weights == "gptq":
-            imp = 1.0 / np.square(np.diag(u)[b0:b1])
+            imp = 1.0 / np.square(np.diag(u)[p0:p1])
         elif weights == "imatrix":
-            imp = np.maximum(diag[b0:b1], 0.0)
+            imp = np.maximum(diag[b0:b0 + bs], 0.0)
         else:
             raise QuantError(f"GPTQ: unknown weighting {weights!r}")
         imp = (imp / max(float(imp.max()), 1e-30)).astype(np.float32)
         q = qt.quantize(blk, imatrix=imp, **kw)
         if qt.fixed_grid is not None:
-            q, e = _round_in_block(qt, q, w, u, b0, b1)
+            q, e = _round_in_block(qt, q, w, u, p0)
         else:
-            d = w[:, b0:b1] - qt.dequantize(q, bs).astype(np.float64)
+            d = w[:, p0:p1] - qt.dequantize(q, bs).astype(np.float64)
             # E = D U_BB^-1  <=>  E U_BB = D  <=>  U_BB^T E^T = D^T (lower-triangular solve)
-            e = np.linalg.solve(u[b0:b1, b0:b1].T, d.T).T
+            e = np.linalg.solve(u[p0:p1, p0:p1].T, d.T).T
         out[:, b0 // bs * bb:(b0 // bs + 1) * bb] = q
-        if b1 < cols:
-            w[:, b1:] -= e @ u[b0:b1, b1:]
+        if p1 < cols:
+            w[:, p1:] -= e @ u[p0:p1, p1:]
+    if qt.grid_f16_at is not None:
+        out = refit_grid_scales(qt, out, w0, h)
     return out
 
 
-def _round_in_block(qt, q, w, u, b0, b1):
+def _round_in_block(qt, q, w, u, p0):
     """GPTQ's column loop inside one block: its scales kept as the type's search chose them, each
     column rounded to the nearest value of that grid (qt.fixed_grid) after the earlier columns'
-    feedback, its error pushed onto the block's later columns. Returns the block with those codes
-    and the scaled errors E (rows, block) for the columns after the block."""
+    feedback, its error pushed onto the block's later columns. w and u are in quantization order,
+    the block's columns at positions p0... Returns the block with those codes and the scaled
+    errors E (rows, block) for the positions after it."""
     scale, offset, table = qt.fixed_grid(q)
     scale, offset = scale.astype(np.float64), offset.astype(np.float64)
     tab = table.astype(np.float64)
     rows, n = scale.shape
     codes = np.empty((rows, n), np.int64)
     e = np.empty((rows, n))
+    p1 = p0 + n
     for j in range(n):
-        c = b0 + j
+        p = p0 + j
         s = scale[:, j]
-        t = np.divide(w[:, c] - offset[:, j], s, out=np.zeros(rows), where=s != 0)
+        t = np.divide(w[:, p] - offset[:, j], s, out=np.zeros(rows), where=s != 0)
         k = np.clip(np.searchsorted(tab, t), 1, len(tab) - 1)
         k -= (t - tab[k - 1]) <= (tab[k] - t)  # the nearer neighbour (ties: the lower)
         codes[:, j] = k
-        e[:, j] = (w[:, c] - (s * tab[k] + offset[:, j])) / u[c, c]
+        e[:, j] = (w[:, p] - (s * tab[k] + offset[:, j])) / u[p, p]
         if j + 1 < n:
-            w[:, c + 1:b1] -= np.outer(e[:, j], u[c, c + 1:b1])
+            w[:, p + 1:p1] -= np.outer(e[:, j], u[p, p + 1:p1])
     return qt.with_codes(q, codes), e
+
+
+REFIT_ROWS = 2048  # rows per batch of the scale re-fit (its (rows, blocks, blocks) systems)
+
+
+def refit_grid_scales(qt, q: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """With the codes fixed, each row's block scales d (the fp16 at qt.grid_f16_at, which
+    multiplies the block's whole grid) re-fitted to minimise that row's output error
+    (w - ŵ) H (w - ŵ)^T, ŵ = sum_b d_b p_b (p_b: block b's decoded values / its d): a least-squares
+    system of one unknown per block. GPTQ picks each block's scales before its codes and the
+    later feedback; this fits them to the codes it ended with. A row keeps its old scales where
+    the fp16-rounded new ones do not lower its error (or are not finite). q uint8 (rows,
+    row_bytes); w the original weights; h the (damped) Hessian."""
+    rows, cols = w.shape
+    bs, ts, at = qt.block_size, qt.type_size, qt.grid_f16_at
+    nb = cols // bs
+    blocks = q.reshape(rows * nb, ts)
+    d_old = qt.block_f16(blocks, at).astype(np.float64).reshape(rows, nb)
+    live = d_old != 0
+    d_new = d_old.copy()
+    for r0 in range(0, rows, REFIT_ROWS):
+        r1 = min(rows, r0 + REFIT_ROWS)
+        z = qt.dequantize(q[r0:r1], cols).astype(np.float64).reshape(r1 - r0, nb, bs)
+        z = np.divide(z, d_old[r0:r1, :, None], out=np.zeros_like(z), where=live[r0:r1, :, None])
+        z = z.reshape(r1 - r0, cols)
+        a = np.empty((r1 - r0, nb, nb))
+        for c in range(nb):  # a[r, b, c] = p_b^T H_bc p_c
+            v = z[:, c * bs:(c + 1) * bs] @ h[c * bs:(c + 1) * bs, :]
+            a[:, :, c] = (z * v).reshape(r1 - r0, nb, bs).sum(-1)
+        y = (z * (w[r0:r1] @ h)).reshape(r1 - r0, nb, bs).sum(-1)  # y[r, b] = p_b^T (H w_r)
+        lv = live[r0:r1]
+        idx = np.arange(nb)
+        a2 = np.where(lv[:, :, None] & lv[:, None, :], a, 0.0)  # live blocks only
+        ridge = 1e-12 * np.maximum(np.einsum("rbb->rb", a2).max(1), 1e-300)
+        a2[:, idx, idx] += np.where(lv, ridge[:, None], 1.0)  # a dead block (d = 0) solves to 0
+        y2 = np.where(lv, y, 0.0)
+        try:
+            sol = np.linalg.solve(a2, y2[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            continue  # a singular batch keeps its scales
+        with np.errstate(over="ignore", invalid="ignore"):
+            sol = np.where(lv, sol.astype(np.float16).astype(np.float64), 0.0)  # as stored
+
+        def err(d):  # (w - ŵ) H (w - ŵ)^T up to the constant w H w^T
+            return -2.0 * np.einsum("rb,rb->r", d, y) + np.einsum("rb,rbc,rc->r", d, a, d)
+
+        better = np.all(np.isfinite(sol), axis=1)
+        better[better] = err(sol[better]) < err(d_old[r0:r1][better])
+        d_new[r0:r1][better] = sol[better]
+    return qt.with_block_f16(blocks, d_new.reshape(-1), at).reshape(rows, nb * ts)
 
 
 def output_error(x: np.ndarray, w: np.ndarray, w_hat: np.ndarray) -> float:

@@ -44,11 +44,22 @@ class QuantType:
     # block_size)) and its scales unchanged. A type without them is fed back a block at a time.
     fixed_grid = None
     with_codes = None
+    # grid_f16_at: the byte of an fp16 in each block that multiplies the block's whole grid
+    # (scale = that fp16 x a fixed pattern, offset 0), which GPTQ re-fits by least squares once
+    # the codes are fixed; None: no such scale.
+    grid_f16_at = None
 
     @staticmethod
     def block_f16(q: np.ndarray, at: int = 0) -> np.ndarray:
         """The little-endian fp16 at byte `at` of every block (row) of q, as float32."""
         return np.ascontiguousarray(q[:, at:at + 2]).view(np.float16)[:, 0].astype(np.float32)
+
+    @staticmethod
+    def with_block_f16(q: np.ndarray, d: np.ndarray, at: int = 0) -> np.ndarray:
+        """q with the fp16 at byte `at` of every block (row) set to d (rounded to fp16)."""
+        q = q.copy()
+        q[:, at:at + 2] = np.asarray(d, np.float32).astype(np.float16).reshape(-1, 1).view(np.uint8)
+        return q
 
     # --- implemented by each type -------------------------------------------------
     def quantize(self, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:

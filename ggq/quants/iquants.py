@@ -476,6 +476,8 @@ def _pack_nibbles(q, start, codes):
 class _IQ4_NL(_IQ4):
     name, ggml_id, block_size, type_size = "IQ4_NL", 20, QK4_NL, 18
 
+    grid_f16_at = 0  # d
+
     def fixed_grid(self, q):
         d = self.block_f16(q)
         return np.repeat(d[:, None], QK4_NL, axis=1), np.zeros((q.shape[0], QK4_NL), np.float32), _KV
@@ -486,6 +488,8 @@ class _IQ4_NL(_IQ4):
 
 class _IQ4_XS(_IQ4):
     name, ggml_id, block_size, type_size = "IQ4_XS", 23, QK_K, 136
+
+    grid_f16_at = 0  # d (the sub-scales are integers)
 
     def fixed_grid(self, q):
         d = self.block_f16(q)

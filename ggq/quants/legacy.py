@@ -589,6 +589,7 @@ class _Q5_1T(_Legacy):
 class _Q8_0T(_Legacy):
     name, ggml_id, type_size, kind = "Q8_0", 8, 34, _Q8_0
     _TABLE = np.arange(-128, 128, dtype=np.float32)
+    grid_f16_at = 0  # d
 
     def fixed_grid(self, q):
         d = self.block_f16(q)

@@ -585,7 +585,8 @@ def test_spm_scores_derived_from_merges(tmp_path, add_space_prefix):
         assert scores[tokens.index(a + b)] >= -rank  # made by its first merge
     back = Tokenizer.from_str(tokenizer_from_gguf(r, out.name).json)
     orig = Tokenizer.from_str(tk.json)
-    assert json.loads(back.to_str())["model"]["merges"] == merges
+    written = json.loads(back.to_str())["model"]["merges"]  # pairs or strings, by tokenizers' version
+    assert [m.split(" ") if isinstance(m, str) else m for m in written] == merges
     for t in TEXTS_SPM:
         assert back.encode(t).ids == orig.encode(t).ids, t
     # the rule itself

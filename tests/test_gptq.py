@@ -107,3 +107,19 @@ def test_scale_refit_lowers_every_rows_error(layer, name, monkeypatch):
     same[:2] = False  # d, the only bytes the re-fit writes
     np.testing.assert_array_equal(refit.reshape(-1, nb, qt.type_size)[..., same],
                                   plain.reshape(-1, nb, qt.type_size)[..., same])
+
+
+@pytest.mark.parametrize("name", ["IQ4_NL", "Q8_0"])
+def test_scale_refit_ignores_dead_inputs(layer, name, monkeypatch):
+    """An input that is always 0 leaves its weights free: with small activations elsewhere the
+    re-fit must not chase those weights (it would if the dead column weighed like a live one)."""
+    x, w, _ = layer
+    x = x * 0.01
+    x[:, 5] = 0.0
+    h = x.T @ x / x.shape[0]
+    qt = get_type(name)
+    cols = w.shape[1]
+    refit = output_error(x, w, qt.dequantize(gptq_quantize(qt, w, h), cols))
+    monkeypatch.setattr(type(qt), "grid_f16_at", None)
+    plain = output_error(x, w, qt.dequantize(gptq_quantize(qt, w, h), cols))
+    assert refit < plain, (name, refit, plain)

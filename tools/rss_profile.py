@@ -12,7 +12,7 @@ default both. For each:
           "first text after" that `ggq run` reports (from its own start, after imports).
   phases: a fresh process loads the model one step at a time in the order ggq.api.Model does
           and prints VmRSS (now), VmHWM (peak so far), anonymous and file-backed RSS after each:
-          imports, reader (open + metadata), tokenizer (built; its thread joined), model
+          imports, reader (open + metadata), tokenizer (built), model
           (build_model), numba (CPU target ready), first forward (the prompt), N tokens.
           --tracemalloc adds the Python-heap peak of each step (tracemalloc sees Python
           allocations only: not the `tokenizers` library's Rust heap nor NumPy's large buffers

@@ -174,7 +174,7 @@ def tokenizer_from_gguf(reader, where: str) -> GGUFTokenizer:
 
 # --------------------------------------------------------------------------- SentencePiece
 
-def spm_merges(tokens: list[str], scores: list[float]) -> list[str]:
+def spm_merges(tokens: list[str], scores: list[float]) -> list:
     """BPE merges equivalent to llama.cpp's SPM score queue: every split of every distinct token
     string into two vocabulary strings, highest merged-token score first (ties: lower id, then
     shorter left part). A string listed twice uses its last id, like llama.cpp's token_to_id.
@@ -184,7 +184,8 @@ def spm_merges(tokens: list[str], scores: list[float]) -> list[str]:
     the process instead of 324, 0.76 s instead of 0.92). A split with a raw space in either part
     is left out: the normalizer turns every space into "▁" before BPE runs (and llama.cpp
     escapes them the same way), so such a merge could never fire, and the one-string form
-    cannot hold it."""
+    cannot hold it. (Pairs after all if a merge starts with "#version", which `tokenizers` would
+    skip as a merges.txt header.)"""
     vocab: dict[str, int] = {}
     for i, t in enumerate(tokens):
         vocab[t] = i
@@ -196,7 +197,10 @@ def spm_merges(tokens: list[str], scores: list[float]) -> list[str]:
             if t[:k] in vocab and t[k:] in vocab:
                 found.append((-scores[i], i, k))
     found.sort()
-    return [f"{tokens[i][:k]} {tokens[i][k:]}" for _, i, k in found]
+    merges = [f"{tokens[i][:k]} {tokens[i][k:]}" for _, i, k in found]
+    if any(m.startswith("#version") for m in merges):  # `tokenizers` skips those as a header
+        return [m.split(" ", 1) for m in merges]
+    return merges
 
 
 def spm_tokenizer_json(tokens: list[str], scores: list[float], types: list[int], *, bos: int, eos: int,

@@ -127,6 +127,7 @@ def _gptq(qt, w, h, weights, damp, search) -> np.ndarray:
         if p1 < cols:
             w[:, p1:] -= e @ u[p0:p1, p1:]
     if qt.grid_f16_at is not None:
+        h[dead, dead] -= 1.0  # a dead input weighs only its damping here: its weights never act
         out = refit_grid_scales(qt, out, w0, h)
     return out
 
@@ -157,7 +158,7 @@ def _round_in_block(qt, q, w, u, p0):
     return qt.with_codes(q, codes), e
 
 
-REFIT_ROWS = 2048  # rows per batch of the scale re-fit (its (rows, blocks, blocks) systems)
+REFIT_FLOATS = 1 << 24  # the re-fit's (rows, blocks, blocks) systems per batch: 128 MiB
 
 
 def refit_grid_scales(qt, q: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -175,8 +176,10 @@ def refit_grid_scales(qt, q: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.nda
     d_old = qt.block_f16(blocks, at).astype(np.float64).reshape(rows, nb)
     live = d_old != 0
     d_new = d_old.copy()
-    for r0 in range(0, rows, REFIT_ROWS):
-        r1 = min(rows, r0 + REFIT_ROWS)
+    idx = np.arange(nb)
+    batch = max(1, REFIT_FLOATS // (nb * nb))
+    for r0 in range(0, rows, batch):
+        r1 = min(rows, r0 + batch)
         z = qt.dequantize(q[r0:r1], cols).astype(np.float64).reshape(r1 - r0, nb, bs)
         z = np.divide(z, d_old[r0:r1, :, None], out=np.zeros_like(z), where=live[r0:r1, :, None])
         z = z.reshape(r1 - r0, cols)
@@ -186,19 +189,17 @@ def refit_grid_scales(qt, q: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.nda
             a[:, :, c] = (z * v).reshape(r1 - r0, nb, bs).sum(-1)
         y = (z * (w[r0:r1] @ h)).reshape(r1 - r0, nb, bs).sum(-1)  # y[r, b] = p_b^T (H w_r)
         lv = live[r0:r1]
-        idx = np.arange(nb)
-        a2 = np.where(lv[:, :, None] & lv[:, None, :], a, 0.0)  # live blocks only
-        ridge = 1e-12 * np.maximum(np.einsum("rbb->rb", a2).max(1), 1e-300)
-        a2[:, idx, idx] += np.where(lv, ridge[:, None], 1.0)  # a dead block (d = 0) solves to 0
-        y2 = np.where(lv, y, 0.0)
+        a[~(lv[:, :, None] & lv[:, None, :])] = 0.0  # live blocks only: a dead one (d = 0) solves to 0
+        a[:, idx, idx] += np.where(lv, 1e-12 * np.maximum(a[:, idx, idx].max(1), 1e-300)[:, None], 1.0)
+        y = np.where(lv, y, 0.0)
         try:
-            sol = np.linalg.solve(a2, y2[..., None])[..., 0]
+            sol = np.linalg.solve(a, y[..., None])[..., 0]
         except np.linalg.LinAlgError:
             continue  # a singular batch keeps its scales
         with np.errstate(over="ignore", invalid="ignore"):
             sol = np.where(lv, sol.astype(np.float16).astype(np.float64), 0.0)  # as stored
 
-        def err(d):  # (w - ŵ) H (w - ŵ)^T up to the constant w H w^T
+        def err(d):  # (w - ŵ) H (w - ŵ)^T up to the constant w H w^T (and the ridge's ~1e-12)
             return -2.0 * np.einsum("rb,rb->r", d, y) + np.einsum("rb,rbc,rc->r", d, a, d)
 
         better = np.all(np.isfinite(sol), axis=1)

@@ -110,7 +110,7 @@ class Tokenizer:
         self._template = metadata.get("tokenizer.chat_template") or None
         self._state = None  # (HF tokenizer, vocab_size, special_ids, eog_ids, template, template source)
         self._json = js  # until built
-        self._error = None  # a failed build's TokenizerError, raised again at each use
+        self._error = None  # a failed build's message, raised again at each use
         self._lock = threading.Lock()  # one build, whichever thread asks first
         if not (isinstance(js, (str, bytes)) and len(js) >= DEFERRED_MIN_CHARS):
             self._ready()
@@ -118,7 +118,7 @@ class Tokenizer:
     def _build(self):
         from tokenizers import Tokenizer as HFTokenizer
 
-        js, self._json = self._json, None
+        js = self._json
         try:
             return HFTokenizer.from_buffer(js) if isinstance(js, bytes) else HFTokenizer.from_str(js)
         except Exception as e:  # noqa: BLE001 - one line, below
@@ -138,13 +138,15 @@ class Tokenizer:
             if self._state is not None:
                 return self._state
             if self._error is not None:
-                raise self._error
+                raise TokenizerError(self._error) from None
             try:
                 tok = self._build()
             except TokenizerError as e:
-                self._error = e
+                self._error, self._json = str(e), None
                 raise
-            return self._derive(tok)
+            state = self._derive(tok)
+            self._json = None  # the JSON's bytes are not needed again
+            return state
 
     def _derive(self, tok) -> tuple:
         specials = set()

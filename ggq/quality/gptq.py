@@ -21,8 +21,8 @@ Blocks go in order of importance, the most important first (quantization_order):
 fed to blocks that matter less, as GPTQ's act-order does for columns. For a type whose block
 scale multiplies its whole grid (QuantType.grid_f16_at: IQ4_NL, IQ4_XS, Q8_0), each row's block
 scales are finally re-fitted by least squares to the codes GPTQ ended with (refit_grid_scales).
-On SmolLM2's layers the two lower the output error 1-16% (IQ4_NL, Q8_0, IQ4_XS), and q4_k_m_fit's
-KLD 3.5% on two development texts (32 windows each).
+On SmolLM2's layers the two lower the output error 1-16% (IQ4_NL, Q8_0, IQ4_XS, Q5_0, Q4_K), and
+q4_k_m_fit's KLD 3.5% on two development texts (32 windows each).
 
 The importance given to the block quantizer is H's diagonal (the imatrix: mean squared input),
 or with weights="gptq" 1 / diag(H^-1) restricted to the columns not yet quantized

@@ -84,15 +84,16 @@ def test_blocks_in_order_of_importance():
     assert quantization_order(np.ones(6), 2).tolist() == list(range(6))  # ties: the file's order
 
 
-@pytest.mark.parametrize("name", ["IQ4_NL", "IQ4_XS", "Q8_0"])
+@pytest.mark.parametrize("name", ["IQ4_NL", "IQ4_XS", "Q8_0", "Q4_0", "Q5_0", "Q4_1", "Q5_1"])
 def test_scale_refit_lowers_every_rows_error(layer, name, monkeypatch):
     """Re-fitting each row's block scales to the final codes (refit_grid_scales) lowers the
     output error of the whole layer and raises no row's (rows whose re-fit loses keep theirs);
-    the codes are untouched."""
+    the codes are untouched (and for Q4_1/Q5_1 their min m re-fitted with d)."""
     x, w, h = layer
     qt = get_type(name)
     cols = w.shape[1]
     refit = gptq_quantize(qt, w, h)
+    scales = [qt.grid_f16_at, qt.grid_min_f16_at]
     monkeypatch.setattr(type(qt), "grid_f16_at", None)
     plain = gptq_quantize(qt, w, h)
 
@@ -104,12 +105,14 @@ def test_scale_refit_lowers_every_rows_error(layer, name, monkeypatch):
     assert b.sum() < 0.99 * a.sum(), (name, a.sum(), b.sum())
     nb = cols // qt.block_size
     same = np.ones(qt.type_size, bool)
-    same[:2] = False  # d, the only bytes the re-fit writes
+    for at in scales:  # d (and m): the only bytes the re-fit writes
+        if at is not None:
+            same[at:at + 2] = False
     np.testing.assert_array_equal(refit.reshape(-1, nb, qt.type_size)[..., same],
                                   plain.reshape(-1, nb, qt.type_size)[..., same])
 
 
-@pytest.mark.parametrize("name", ["IQ4_NL", "Q8_0"])
+@pytest.mark.parametrize("name", ["IQ4_NL", "Q8_0", "Q5_1"])
 def test_scale_refit_ignores_dead_inputs(layer, name, monkeypatch):
     """An input that is always 0 leaves its weights free: with small activations elsewhere the
     re-fit must not chase those weights (it would if the dead column weighed like a live one)."""
@@ -123,3 +126,19 @@ def test_scale_refit_ignores_dead_inputs(layer, name, monkeypatch):
     monkeypatch.setattr(type(qt), "grid_f16_at", None)
     plain = output_error(x, w, qt.dequantize(gptq_quantize(qt, w, h), cols))
     assert refit < plain, (name, refit, plain)
+
+
+def test_scale_refit_keeps_a_flat_block_finite():
+    """A block whose values are all equal quantizes to d = 0 (Q5_1: its value in m); the re-fit
+    keeps d = 0, may move m, and writes finite values."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.05, size=(8, 64)).astype(np.float32)
+    w[:, :32] = 0.3
+    x = rng.normal(size=(256, 64))
+    h = x.T @ x / 256
+    qt = get_type("Q5_1")
+    blocks = gptq_quantize(qt, w, h)
+    assert np.all(qt.block_f16(blocks[:, :qt.type_size]) == 0)
+    got = qt.dequantize(blocks, 64)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got[:, :32], 0.3, atol=2e-3)

@@ -19,10 +19,11 @@ E = D U_BB^-1 (a triangular solve). Either way W[:, after B] -= E U[B, after B].
 
 Blocks go in order of importance, the most important first (quantization_order): their error is
 fed to blocks that matter less, as GPTQ's act-order does for columns. For a type whose block
-scale multiplies its whole grid (QuantType.grid_f16_at: IQ4_NL, IQ4_XS, Q8_0), each row's block
-scales are finally re-fitted by least squares to the codes GPTQ ended with (refit_grid_scales).
-On SmolLM2's layers the two lower the output error 1-16% (IQ4_NL, Q8_0, IQ4_XS, Q5_0, Q4_K), and
-q4_k_m_fit's KLD 3.5% on two development texts (32 windows each).
+scale multiplies its whole grid (QuantType.grid_f16_at: IQ4_NL, IQ4_XS, Q8_0, Q4_0, Q5_0; with
+the min of Q4_1, Q5_1 too, grid_min_f16_at), each row's block scales are finally re-fitted by
+least squares to the codes GPTQ ended with (refit_grid_scales). On SmolLM2's layers the two
+lower the output error 1-21%, and q4_k_m_fit's KLD 3.5% on two development texts (32 windows
+each).
 
 The importance given to the block quantizer is H's diagonal (the imatrix: mean squared input),
 or with weights="gptq" 1 / diag(H^-1) restricted to the columns not yet quantized
@@ -162,34 +163,47 @@ REFIT_FLOATS = 1 << 24  # the re-fit's (rows, blocks, blocks) systems per batch:
 
 
 def refit_grid_scales(qt, q: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """With the codes fixed, each row's block scales d (the fp16 at qt.grid_f16_at, which
-    multiplies the block's whole grid) re-fitted to minimise that row's output error
-    (w - ŵ) H (w - ŵ)^T, ŵ = sum_b d_b p_b (p_b: block b's decoded values / its d): a least-squares
-    system of one unknown per block. GPTQ picks each block's scales before its codes and the
-    later feedback; this fits them to the codes it ended with. A row keeps its old scales where
-    the fp16-rounded new ones do not lower its error (or are not finite). q uint8 (rows,
-    row_bytes); w the original weights; h the (damped) Hessian."""
+    """With the codes fixed, each row's block scales re-fitted to minimise that row's output error
+    (w - ŵ) H (w - ŵ)^T: the fp16 d at qt.grid_f16_at, which multiplies the block's whole grid,
+    and where the type has one, the fp16 m at qt.grid_min_f16_at, added to every value of the
+    block (ŵ = sum_b d_b p_b + m_b 1_b, p_b: block b's decoded values less m, over d): a
+    least-squares system of one or two unknowns per block. GPTQ picks each block's scales before
+    its codes and the later feedback; this fits them to the codes it ended with. A row keeps its
+    old scales where the fp16-rounded new ones do not lower its error (or are not finite); a
+    block with d = 0 keeps d = 0. q uint8 (rows, row_bytes); w the original weights; h the
+    (damped) Hessian."""
     rows, cols = w.shape
-    bs, ts, at = qt.block_size, qt.type_size, qt.grid_f16_at
+    bs, ts = qt.block_size, qt.type_size
     nb = cols // bs
     blocks = q.reshape(rows * nb, ts)
-    d_old = qt.block_f16(blocks, at).astype(np.float64).reshape(rows, nb)
-    live = d_old != 0
-    d_new = d_old.copy()
-    idx = np.arange(nb)
-    batch = max(1, REFIT_FLOATS // (nb * nb))
+    ats = [qt.grid_f16_at] + ([qt.grid_min_f16_at] if qt.grid_min_f16_at is not None else [])
+    nt = len(ats)  # unknowns per block: d, and m
+    old = np.stack([qt.block_f16(blocks, at).astype(np.float64).reshape(rows, nb) for at in ats], axis=1)
+    live = np.ones(old.shape, bool)
+    live[:, 0] = old[:, 0] != 0
+    new = old.copy()
+    n = nt * nb
+    idx = np.arange(n)
+    batch = max(1, REFIT_FLOATS // (n * n))
     for r0 in range(0, rows, batch):
         r1 = min(rows, r0 + batch)
-        z = qt.dequantize(q[r0:r1], cols).astype(np.float64).reshape(r1 - r0, nb, bs)
-        z = np.divide(z, d_old[r0:r1, :, None], out=np.zeros_like(z), where=live[r0:r1, :, None])
-        z = z.reshape(r1 - r0, cols)
-        a = np.empty((r1 - r0, nb, nb))
-        for c in range(nb):  # a[r, b, c] = p_b^T H_bc p_c
-            v = z[:, c * bs:(c + 1) * bs] @ h[c * bs:(c + 1) * bs, :]
-            a[:, :, c] = (z * v).reshape(r1 - r0, nb, bs).sum(-1)
-        y = (z * (w[r0:r1] @ h)).reshape(r1 - r0, nb, bs).sum(-1)  # y[r, b] = p_b^T (H w_r)
-        lv = live[r0:r1]
-        a[~(lv[:, :, None] & lv[:, None, :])] = 0.0  # live blocks only: a dead one (d = 0) solves to 0
+        r = r1 - r0
+        z = qt.dequantize(q[r0:r1], cols).astype(np.float64).reshape(r, nb, bs)
+        if nt == 2:
+            z -= old[r0:r1, 1, :, None]
+        z = np.divide(z, old[r0:r1, 0, :, None], out=np.zeros_like(z), where=live[r0:r1, 0, :, None])
+        pats = [z.reshape(r, cols)] + ([np.ones((r, cols))] if nt == 2 else [])
+        a = np.empty((r, nt, nb, nt, nb))
+        for si, zs in enumerate(pats):
+            for c in range(nb):  # a[r, (t, b), (s, c)] = p_tb^T H_bc p_sc
+                v = zs[:, c * bs:(c + 1) * bs] @ h[c * bs:(c + 1) * bs, :]
+                for ti, zt in enumerate(pats):
+                    a[:, ti, :, si, c] = (zt * v).reshape(r, nb, bs).sum(-1)
+        hw = w[r0:r1] @ h
+        y = np.stack([(zt * hw).reshape(r, nb, bs).sum(-1) for zt in pats], axis=1).reshape(r, n)
+        a = a.reshape(r, n, n)
+        lv = live[r0:r1].reshape(r, n)
+        a[~(lv[:, :, None] & lv[:, None, :])] = 0.0  # live unknowns only: a dead d solves to 0
         a[:, idx, idx] += np.where(lv, 1e-12 * np.maximum(a[:, idx, idx].max(1), 1e-300)[:, None], 1.0)
         y = np.where(lv, y, 0.0)
         try:
@@ -200,12 +214,15 @@ def refit_grid_scales(qt, q: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.nda
             sol = np.where(lv, sol.astype(np.float16).astype(np.float64), 0.0)  # as stored
 
         def err(d):  # (w - ŵ) H (w - ŵ)^T up to the constant w H w^T (and the ridge's ~1e-12)
-            return -2.0 * np.einsum("rb,rb->r", d, y) + np.einsum("rb,rbc,rc->r", d, a, d)
+            return -2.0 * np.einsum("rk,rk->r", d, y) + np.einsum("rk,rkl,rl->r", d, a, d)
 
+        cur = old[r0:r1].reshape(r, n)
         better = np.all(np.isfinite(sol), axis=1)
-        better[better] = err(sol[better]) < err(d_old[r0:r1][better])
-        d_new[r0:r1][better] = sol[better]
-    return qt.with_block_f16(blocks, d_new.reshape(-1), at).reshape(rows, nb * ts)
+        better[better] = err(sol[better]) < err(cur[better])
+        new[r0:r1][better] = sol[better].reshape(-1, nt, nb)
+    for ti, at in enumerate(ats):
+        blocks = qt.with_block_f16(blocks, new[:, ti].reshape(-1), at)
+    return blocks.reshape(rows, nb * ts)
 
 
 def output_error(x: np.ndarray, w: np.ndarray, w_hat: np.ndarray) -> float:

@@ -44,10 +44,12 @@ class QuantType:
     # block_size)) and its scales unchanged. A type without them is fed back a block at a time.
     fixed_grid = None
     with_codes = None
-    # grid_f16_at: the byte of an fp16 in each block that multiplies the block's whole grid
-    # (scale = that fp16 x a fixed pattern, offset 0), which GPTQ re-fits by least squares once
-    # the codes are fixed; None: no such scale.
+    # grid_f16_at: the byte of an fp16 d in each block that multiplies the block's whole grid;
+    # grid_min_f16_at: the byte of an fp16 m added to every value of the block (None: none).
+    # Each value is d x (a number fixed by the codes) + m; GPTQ re-fits d and m by least squares
+    # once the codes are fixed. None: no such scale.
     grid_f16_at = None
+    grid_min_f16_at = None
 
     @staticmethod
     def block_f16(q: np.ndarray, at: int = 0) -> np.ndarray:

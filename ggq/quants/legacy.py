@@ -572,18 +572,22 @@ class _Legacy(QuantType):
 
 class _Q4_0T(_Legacy):
     name, ggml_id, type_size, kind = "Q4_0", 2, 18, _Q4_0
+    grid_f16_at = 0  # d
 
 
 class _Q4_1T(_Legacy):
     name, ggml_id, type_size, kind = "Q4_1", 3, 20, _Q4_1
+    grid_f16_at, grid_min_f16_at = 0, 2  # d, m
 
 
 class _Q5_0T(_Legacy):
     name, ggml_id, type_size, kind = "Q5_0", 6, 22, _Q5_0
+    grid_f16_at = 0  # d
 
 
 class _Q5_1T(_Legacy):
     name, ggml_id, type_size, kind = "Q5_1", 7, 24, _Q5_1
+    grid_f16_at, grid_min_f16_at = 0, 2  # d, m
 
 
 class _Q8_0T(_Legacy):

@@ -101,8 +101,7 @@ def _gptq(qt, w, h, weights, damp, search) -> np.ndarray:
     h[np.diag_indices(cols)] += damp * mean_diag
     order = quantization_order(np.maximum(diag, 0.0), bs)
     u = _upper_cholesky_of_inverse(h[np.ix_(order, order)])  # of H in quantization order
-    w0 = w.copy()
-    w = w[:, order]  # the weights in quantization order, updated as GPTQ goes
+    w0, w = w, w[:, order]  # (a copy) the weights in quantization order, updated as GPTQ goes
     kw = {"search": True} if search and accepts_search(qt) else {}
     out = np.empty((rows, qt.row_bytes(cols)), dtype=np.uint8)
     bb = qt.type_size

@@ -56,6 +56,12 @@ class QuantType:
         """The little-endian fp16 at byte `at` of every block (row) of q, as float32."""
         return np.ascontiguousarray(q[:, at:at + 2]).view(np.float16)[:, 0].astype(np.float32)
 
+    def d_grid(self, q: np.ndarray, table: np.ndarray):
+        """fixed_grid of a block whose fp16 d at byte 0 scales `table` for every element."""
+        d = self.block_f16(q)
+        n = self.block_size
+        return np.repeat(d[:, None], n, axis=1), np.zeros((q.shape[0], n), np.float32), table
+
     @staticmethod
     def with_block_f16(q: np.ndarray, d: np.ndarray, at: int = 0) -> np.ndarray:
         """q with the fp16 at byte `at` of every block (row) set to d (rounded to fp16)."""

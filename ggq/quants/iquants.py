@@ -479,8 +479,7 @@ class _IQ4_NL(_IQ4):
     grid_f16_at = 0  # d
 
     def fixed_grid(self, q):
-        d = self.block_f16(q)
-        return np.repeat(d[:, None], QK4_NL, axis=1), np.zeros((q.shape[0], QK4_NL), np.float32), _KV
+        return self.d_grid(q, _KV)
 
     def with_codes(self, q, codes):
         return _pack_nibbles(q.copy(), 2, codes)

@@ -596,8 +596,7 @@ class _Q8_0T(_Legacy):
     grid_f16_at = 0  # d
 
     def fixed_grid(self, q):
-        d = self.block_f16(q)
-        return np.repeat(d[:, None], 32, axis=1), np.zeros((q.shape[0], 32), np.float32), self._TABLE
+        return self.d_grid(q, self._TABLE)
 
     def with_codes(self, q, codes):
         q = q.copy()
